@@ -1,0 +1,30 @@
+# CPU environment: a .venv in the checkout with exact pins (requirements/cpu.txt).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv lint test test-fast bench clean
+
+$(STAMP): requirements/cpu.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/cpu.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check megatron_fork tests tools
+	$(VENV)/bin/ruff format --check megatron_fork tests tools
+
+test: lint
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) tools/bench_logprob_entropy.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

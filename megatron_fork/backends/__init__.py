@@ -1,0 +1,1 @@
+"""How Megatron-Core runs where it runs. ``cpu``: CPU tensors and gloo process groups."""

@@ -1,0 +1,77 @@
+"""Configuration of the forking-token policy loss. Validated on construction, so a bad value
+fails on every rank before any collective is entered."""
+
+from dataclasses import dataclass
+
+STRATEGIES = ("top", "bottom", "random", "all")
+SCOPES = ("local_microbatch", "global_microbatch", "global_step")
+NORMALIZERS = ("all_tokens", "selected_tokens")
+
+
+@dataclass(frozen=True)
+class ForkingLossConfig:
+    """Which tokens carry the policy gradient, and the DAPO clipped surrogate they carry.
+
+    Defaults follow the paper's equation: top 20% by entropy over the whole optimizer step,
+    normalised by all valid response tokens. The public code's variant is
+    ``scope="local_microbatch", normalizer="selected_tokens"``.
+    """
+
+    rho: float = 0.2
+    """Fraction of valid tokens selected: k = ceil(rho * N_valid) over the scope. In (0, 1]."""
+    strategy: str = "top"
+    """top: k highest entropy (paper); bottom: k lowest; random: k uniform (seeded); all: DAPO."""
+    scope: str = "global_step"
+    """Where k and the threshold are taken: local_microbatch (one micro-batch on one DP rank, its
+    CP shards together), global_microbatch (one micro-batch across DP and CP), global_step (the
+    whole optimizer step across all ranks, from the old-logprob pass's entropies)."""
+    normalizer: str = "all_tokens"
+    """Loss denominator: all_tokens (valid response tokens; paper) or selected_tokens (public
+    code). Always the global count of the optimizer step."""
+    eps_low: float = 0.2
+    """Lower clip: ratio below 1 - eps_low stops the gradient for A < 0."""
+    eps_high: float = 0.28
+    """Upper clip (DAPO clip-higher): ratio above 1 + eps_high stops the gradient for A > 0."""
+    dual_clip_c: float | None = 10.0
+    """Dual clip for A < 0: objective floored at c * A. None disables it. Must exceed 1."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to a reference policy (needs reference log-probs). 0 = off."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (subtracted from the loss). 0 = off."""
+    seed: int = 0
+    """Seed of the random strategy (the draw is a fixed function of seed and token order)."""
+    temperature: float = 1.0
+    """Sampling temperature: entropy and log-probs use softmax(logits / temperature)."""
+    chunk_size: int | None = None
+    """Tokens per chunk of the log-prob/entropy op (bounds its memory); None = op default."""
+
+    def __post_init__(self):
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("scope", self.scope, SCOPES)
+        _check_choice("normalizer", self.normalizer, NORMALIZERS)
+        check_rho(self.rho)
+        for name in ("eps_low", "eps_high", "kl_coef", "entropy_coef"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"ForkingLossConfig.{name} must be >= 0, got {value}.")
+        if self.eps_low >= 1:
+            raise ValueError(f"ForkingLossConfig.eps_low must be < 1, got {self.eps_low}.")
+        if self.dual_clip_c is not None and not self.dual_clip_c > 1:
+            raise ValueError(
+                f"ForkingLossConfig.dual_clip_c must be > 1 (or None to disable), "
+                f"got {self.dual_clip_c}."
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"ForkingLossConfig.temperature must be > 0, got {self.temperature}.")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"ForkingLossConfig.chunk_size must be >= 1, got {self.chunk_size}.")
+
+
+def check_rho(rho: float) -> None:
+    if not (isinstance(rho, int | float) and 0 < rho <= 1):
+        raise ValueError(f"rho must be in (0, 1], got {rho!r} (0.2 keeps the top 20%).")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {choices}.")

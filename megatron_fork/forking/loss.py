@@ -1,0 +1,103 @@
+"""The forking-token policy loss: DAPO's clipped surrogate on the selected tokens only.
+
+With S the selected tokens, V the valid ones and N the normaliser (|V| or |S|, global):
+    loss = -(1/N) sum_{t in S} [o_t - kl_coef * kl_t + entropy_coef * H_t]
+The KL and entropy terms are masked like the surrogate, so no gradient reaches an unselected
+token. Over a group, each rank returns its share (its tokens' sum over the global N), so the
+ranks' losses add up to the loss of the whole scope.
+"""
+
+import torch
+
+from megatron_fork.forking.config import ForkingLossConfig
+from megatron_fork.forking.metrics import forking_metrics
+from megatron_fork.forking.selection import check_selection_inputs, select_tokens
+from megatron_fork.forking.surrogate import clipped_surrogate, k3_kl
+from megatron_fork.parallel.groups import all_reduce_
+
+_NORMALIZER_COUNTS = {
+    "all_tokens": lambda valid, selected: valid.sum(),
+    "selected_tokens": lambda valid, selected: selected.sum(),
+}
+
+
+def _check_loss_inputs(logprob, old_logprob, advantages, valid_mask, entropy, ref_logprob, config):
+    named = {
+        "logprob": logprob,
+        "old_logprob": old_logprob,
+        "advantages": advantages,
+        "entropy": entropy,
+    }
+    if ref_logprob is not None:
+        named["ref_logprob"] = ref_logprob
+    for name, tensor in named.items():
+        if tensor.shape != valid_mask.shape:
+            raise ValueError(
+                f"{name} {tuple(tensor.shape)} must have valid_mask's shape "
+                f"{tuple(valid_mask.shape)}."
+            )
+        if tensor.device != valid_mask.device:
+            raise ValueError(f"{name} on {tensor.device} but valid_mask on {valid_mask.device}.")
+    check_selection_inputs(entropy, valid_mask)
+    if config.kl_coef > 0 and ref_logprob is None:
+        raise ValueError("kl_coef > 0 needs ref_logprob (log-probs of the reference policy).")
+
+
+def global_normalizer(valid_mask, selected, config: ForkingLossConfig, group=None) -> torch.Tensor:
+    """N over the ranks of ``group``: valid tokens or selected tokens (fp64 0-dim)."""
+    count = _NORMALIZER_COUNTS[config.normalizer](valid_mask, selected).to(torch.float64)
+    return all_reduce_(count.reshape(1), group)[0]
+
+
+def forking_policy_loss(
+    logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    valid_mask: torch.Tensor,
+    entropy: torch.Tensor,
+    config: ForkingLossConfig,
+    group=None,
+    *,
+    selected: torch.Tensor | None = None,
+    normalizer: torch.Tensor | float | None = None,
+    ref_logprob: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This rank's share of the forking-token loss, and metrics reduced over ``group``.
+
+    Args:
+        logprob, old_logprob, advantages, entropy: [...] per token (entropy may carry gradient,
+            used by the entropy bonus).
+        valid_mask: [...] bool, response tokens.
+        config: the loss options.
+        group: process group spanning the selection scope; None = this process only.
+        selected: precomputed selection (e.g. a whole step's, from the old-logprob pass);
+            None = select here over ``group`` with ``config``.
+        normalizer: precomputed global N (e.g. over all micro-batches of the step); None = the
+            count of this call's tokens over ``group``.
+        ref_logprob: [...] reference-policy log-probs, needed when ``config.kl_coef > 0``.
+        order: [...] canonical token index for tie-breaking and ``random`` (see selection).
+    Returns:
+        (0-dim loss, metrics dict of 0-dim tensors).
+    """
+    _check_loss_inputs(logprob, old_logprob, advantages, valid_mask, entropy, ref_logprob, config)
+    if selected is None:
+        selected = select_tokens(
+            entropy, valid_mask, config.rho, config.strategy, group, config.seed, order
+        ).mask
+    selected = selected & valid_mask
+    if normalizer is None:
+        normalizer = global_normalizer(valid_mask, selected, config, group)
+    surrogate = clipped_surrogate(
+        logprob, old_logprob, advantages, config.eps_low, config.eps_high, config.dual_clip_c
+    )
+    per_token = surrogate.objective
+    if config.kl_coef > 0:
+        per_token = per_token - config.kl_coef * k3_kl(logprob, ref_logprob)
+    if config.entropy_coef > 0:
+        per_token = per_token + config.entropy_coef * entropy
+    total = torch.where(selected, per_token, 0.0).sum()
+    normalizer = torch.as_tensor(normalizer, dtype=torch.float64)
+    loss = -total / normalizer.clamp(min=1).to(total.dtype)
+    metrics = forking_metrics(entropy, valid_mask, selected, surrogate, group)
+    return loss, metrics

@@ -1,0 +1,152 @@
+"""Which response tokens carry the policy gradient: exactly k = ceil(rho * N_valid) per scope.
+
+Tokens are ranked by a key (entropy for top/bottom, a seeded hash for random) with ties broken
+by a canonical token ``order`` that does not depend on the parallel layout (callers under CP or
+across micro-batches pass one), so every layout selects the same set as a single process.
+The ranking is one total order: top(rho) takes its head and bottom takes its tail, so top(rho)
+and bottom(1 - rho) are complementary. Selection over a group is exact (radix select over all
+ranks, see ``order_statistics``); padding and prompt tokens (``valid_mask`` False) are never
+selected.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from megatron_fork.forking.config import STRATEGIES, check_rho
+from megatron_fork.forking.order_statistics import (
+    KEY_MAX,
+    float_to_key,
+    hash_key,
+    kth_largest,
+)
+from megatron_fork.parallel.groups import all_gather_counts, group_rank
+
+
+@dataclass(frozen=True)
+class Selection:
+    mask: torch.Tensor
+    """Bool, like entropy: the selected tokens on this rank."""
+    num_selected: int
+    """k over the whole group."""
+    num_valid: int
+    """Valid tokens over the whole group."""
+
+
+def num_to_select(rho: float, num_valid: torch.Tensor) -> torch.Tensor:
+    """k = ceil(rho * n), robust to float error in rho * n (0.1 * 30 gives 3, not 4)."""
+    k = torch.ceil(num_valid.to(torch.float64) * rho - 1e-6).to(torch.int64)
+    return k.clamp(min=0).minimum(num_valid)
+
+
+def default_order(like: torch.Tensor, group) -> torch.Tensor:
+    """Rank-major flat index of each token over the group: [*like.shape] int64, unique."""
+    counts = all_gather_counts(like.numel(), group, like.device)
+    offset = int(counts[: group_rank(group)].sum())
+    return (torch.arange(like.numel(), device=like.device) + offset).view(like.shape)
+
+
+def _take_top_k(key, valid, k_of_total, tie_key, group, extra=None):
+    """Exactly k valid tokens with the largest ``key``; ties by largest ``tie_key()``."""
+    top, reduced_extra = kth_largest(key.flatten(), valid.flatten()[None], k_of_total, group, extra)
+    threshold, need, tied = int(top.threshold[0]), int(top.need_from_tied[0]), int(top.tied[0])
+    mask = valid & (key > threshold)
+    at_threshold = valid & (key == threshold)
+    if need == tied:  # every rank reads the same reduced counts, so all take the same branch
+        mask |= at_threshold
+    elif need > 0:
+        ties = tie_key()
+        tie_pick, _ = kth_largest(
+            ties.flatten(), at_threshold.flatten()[None], lambda _: top.need_from_tied, group
+        )
+        mask |= at_threshold & (ties >= tie_pick.threshold[0])
+    return mask, int(top.total[0]), reduced_extra
+
+
+def _key_top(entropy, order_fn, seed):
+    return float_to_key(entropy), lambda: KEY_MAX - order_fn()
+
+
+def _key_bottom(entropy, order_fn, seed):
+    return KEY_MAX - float_to_key(entropy), order_fn
+
+
+def _key_random(entropy, order_fn, seed):
+    order = order_fn()
+    return hash_key(order, seed), lambda: KEY_MAX - order
+
+
+_RANKING_KEYS: dict[str, Callable] = {"top": _key_top, "bottom": _key_bottom, "random": _key_random}
+
+
+def check_selection_inputs(entropy, valid_mask, order=None) -> None:
+    if entropy.shape != valid_mask.shape:
+        raise ValueError(
+            f"entropy {tuple(entropy.shape)} and valid_mask {tuple(valid_mask.shape)} differ."
+        )
+    if valid_mask.dtype != torch.bool:
+        raise TypeError(f"valid_mask must be bool, got {valid_mask.dtype}.")
+    if entropy.device != valid_mask.device:
+        raise ValueError(f"entropy on {entropy.device} but valid_mask on {valid_mask.device}.")
+    if order is not None and (order.shape != entropy.shape or order.device != entropy.device):
+        raise ValueError(
+            f"order {tuple(order.shape)} on {order.device} must match entropy "
+            f"{tuple(entropy.shape)} on {entropy.device}."
+        )
+
+
+def select_tokens(
+    entropy, valid_mask, rho, strategy="top", group=None, seed=0, order=None
+) -> Selection:
+    """``select_forking_tokens`` with the global counts; see there."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
+    if strategy != "all":
+        check_rho(rho)
+    check_selection_inputs(entropy, valid_mask, order)
+    entropy = entropy.detach().to(torch.float32)
+    nonfinite = (valid_mask & ~torch.isfinite(entropy)).sum().view(1)
+    if strategy == "all":
+        k_of_total = lambda total: total
+        key, tie_key = torch.zeros_like(entropy, dtype=torch.int64), lambda: None
+    else:
+        order_fn = (lambda: order) if order is not None else lambda: default_order(entropy, group)
+        k_of_total = lambda total: num_to_select(rho, total)
+        key, tie_key = _RANKING_KEYS[strategy](entropy, order_fn, seed)
+    # One key for "all" makes every valid token tie and need == tied: all are taken.
+    mask, num_valid, nonfinite = _take_top_k(key, valid_mask, k_of_total, tie_key, group, nonfinite)
+    if int(nonfinite) > 0:  # raised on every rank: the count came through the same all-reduce
+        raise FloatingPointError(
+            f"{int(nonfinite)} valid tokens have a non-finite entropy; check the logits "
+            "(NaN/inf from the model) before selecting tokens."
+        )
+    num_selected = (
+        num_valid if strategy == "all" else int(num_to_select(rho, torch.tensor(num_valid)))
+    )
+    return Selection(mask=mask, num_selected=num_selected, num_valid=num_valid)
+
+
+def select_forking_tokens(
+    entropy: torch.Tensor,
+    valid_mask: torch.Tensor,
+    rho: float,
+    strategy: str = "top",
+    group=None,
+    seed: int = 0,
+    order: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool mask of the tokens that carry the gradient, exactly k over the ranks of ``group``.
+
+    Args:
+        entropy: [...] per-token entropy (any float dtype; ranked in fp32).
+        valid_mask: [...] bool, True for response tokens (never padding or prompt).
+        rho: fraction selected, k = ceil(rho * N_valid) with N_valid over the group; ignored by
+            ``all``.
+        strategy: ``top`` | ``bottom`` | ``random`` | ``all``.
+        group: process group spanning the scope; None = this process only.
+        seed: seed of ``random``.
+        order: [...] int64 canonical index of each token in the scope, unique and < 2**32, used
+            for ties and by ``random``; default: rank-major flat index over the group.
+    """
+    return select_tokens(entropy, valid_mask, rho, strategy, group, seed, order).mask

@@ -1,0 +1,1 @@
+"""Model builders: Megatron GPTModel in the Qwen3 style."""

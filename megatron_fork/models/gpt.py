@@ -1,0 +1,85 @@
+"""A Megatron-Core GPTModel in the Qwen3 style: GQA, qk-layernorm, RMSNorm, SwiGLU, RoPE.
+
+Flat arguments, so configs never leak into module constructors. Uses the local layer spec (no
+Transformer Engine), which runs on the CPU backend and on GPUs.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer import TransformerConfig
+
+from megatron_fork.backends.cpu.config import CPU_TRANSFORMER_OVERRIDES
+
+
+@dataclass(frozen=True)
+class GPTShape:
+    """Sizes of a Qwen3-style decoder."""
+
+    vocab_size: int = 64
+    """Vocabulary size; must divide by the TP size (pad it first)."""
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    """GQA key/value heads."""
+    ffn_hidden_size: int = 64
+    max_sequence_length: int = 64
+    rotary_base: float = 1_000_000.0
+    norm_epsilon: float = 1e-6
+    tie_embeddings: bool = False
+
+
+def build_gpt_model(
+    shape: GPTShape,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+    context_parallel_size: int = 1,
+    params_dtype: torch.dtype = torch.float32,
+    on_cpu: bool = True,
+    pre_process: bool = True,
+    post_process: bool = True,
+    calculate_per_token_loss: bool = False,
+) -> GPTModel:
+    """Build this rank's part of the model. Parallel state must already be initialised."""
+    if shape.vocab_size % tensor_parallel_size:
+        raise ValueError(
+            f"vocab_size {shape.vocab_size} must divide by the TP size {tensor_parallel_size}: "
+            "pad the vocabulary to a multiple of it."
+        )
+    config = TransformerConfig(
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        num_attention_heads=shape.num_attention_heads,
+        num_query_groups=shape.num_query_groups,
+        ffn_hidden_size=shape.ffn_hidden_size,
+        kv_channels=shape.hidden_size // shape.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=shape.norm_epsilon,
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tensor_parallel_size,
+        pipeline_model_parallel_size=pipeline_parallel_size,
+        context_parallel_size=context_parallel_size,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        calculate_per_token_loss=calculate_per_token_loss,
+        **(CPU_TRANSFORMER_OVERRIDES if on_cpu else {}),
+    )
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm"),
+        vocab_size=shape.vocab_size,
+        max_sequence_length=shape.max_sequence_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=shape.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=shape.rotary_base,
+    )

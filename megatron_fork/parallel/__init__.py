@@ -1,0 +1,1 @@
+"""Small helpers over torch.distributed process groups that numerics take as arguments."""
