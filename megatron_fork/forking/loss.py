@@ -21,7 +21,9 @@ _NORMALIZER_COUNTS = {
 }
 
 
-def _check_loss_inputs(logprob, old_logprob, advantages, valid_mask, entropy, ref_logprob, config):
+def _check_loss_inputs(
+    logprob, old_logprob, advantages, valid_mask, entropy, ref_logprob, selected, config
+):
     named = {
         "logprob": logprob,
         "old_logprob": old_logprob,
@@ -30,6 +32,10 @@ def _check_loss_inputs(logprob, old_logprob, advantages, valid_mask, entropy, re
     }
     if ref_logprob is not None:
         named["ref_logprob"] = ref_logprob
+    if selected is not None:
+        named["selected"] = selected
+        if selected.dtype != torch.bool:
+            raise TypeError(f"selected must be a bool mask, got {selected.dtype}.")
     for name, tensor in named.items():
         if tensor.shape != valid_mask.shape:
             raise ValueError(
@@ -43,9 +49,14 @@ def _check_loss_inputs(logprob, old_logprob, advantages, valid_mask, entropy, re
         raise ValueError("kl_coef > 0 needs ref_logprob (log-probs of the reference policy).")
 
 
+def local_normalizer_count(valid_mask, selected, config: ForkingLossConfig) -> torch.Tensor:
+    """This rank's tokens counted by the normaliser: valid or selected (int64 0-dim)."""
+    return _NORMALIZER_COUNTS[config.normalizer](valid_mask, selected)
+
+
 def global_normalizer(valid_mask, selected, config: ForkingLossConfig, group=None) -> torch.Tensor:
     """N over the ranks of ``group``: valid tokens or selected tokens (fp64 0-dim)."""
-    count = _NORMALIZER_COUNTS[config.normalizer](valid_mask, selected).to(torch.float64)
+    count = local_normalizer_count(valid_mask, selected, config).to(torch.float64)
     return all_reduce_(count.reshape(1), group)[0]
 
 
@@ -80,7 +91,9 @@ def forking_policy_loss(
     Returns:
         (0-dim loss, metrics dict of 0-dim tensors).
     """
-    _check_loss_inputs(logprob, old_logprob, advantages, valid_mask, entropy, ref_logprob, config)
+    _check_loss_inputs(
+        logprob, old_logprob, advantages, valid_mask, entropy, ref_logprob, selected, config
+    )
     if selected is None:
         selected = select_tokens(
             entropy, valid_mask, config.rho, config.strategy, group, config.seed, order

@@ -9,8 +9,10 @@ ranks, see ``order_statistics``); padding and prompt tokens (``valid_mask`` Fals
 selected.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -35,9 +37,15 @@ class Selection:
 
 
 def num_to_select(rho: float, num_valid: torch.Tensor) -> torch.Tensor:
-    """k = ceil(rho * n), robust to float error in rho * n (0.1 * 30 gives 3, not 4)."""
-    k = torch.ceil(num_valid.to(torch.float64) * rho - 1e-6).to(torch.int64)
-    return k.clamp(min=0).minimum(num_valid)
+    """k = ceil(rho * n), exact for rho as written in decimal (0.1 * 30 gives 3, not 4).
+
+    ``rho`` is read as the decimal its repr shows (``Fraction(repr(rho))``), so float error in
+    rho * n never moves k, and any positive rho selects at least one of n > 0 tokens.
+    """
+    exact_rho = Fraction(repr(float(rho)))
+    counts = num_valid.to(torch.int64)
+    k = [math.ceil(exact_rho * n) for n in counts.flatten().tolist()]
+    return torch.tensor(k, dtype=torch.int64, device=counts.device).view(counts.shape)
 
 
 def default_order(like: torch.Tensor, group) -> torch.Tensor:

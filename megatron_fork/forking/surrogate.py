@@ -1,4 +1,4 @@
-"""Per-token pieces of the DAPO objective: the clipped surrogate and the k3 KL. Pure tensor maths."""
+"""Per-token pieces of the DAPO objective: clipped surrogate and k3 KL. Pure tensor maths."""
 
 from dataclasses import dataclass
 

@@ -1,0 +1,1 @@
+"""The actor side of training: Megatron plumbing around the forking-token loss."""

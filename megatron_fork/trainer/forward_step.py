@@ -1,0 +1,136 @@
+"""Forward-step functions for Megatron's ``get_forward_backward_func`` with a GPTModel.
+
+The model returns vocab-parallel logits ([b, s, V/TP], ``labels=None``); on the last pipeline
+stage the loss function turns them into fp32 log-probs and entropies over the TP group and
+applies the forking-token loss. Other stages only pass activations on.
+
+Loss scaling (Megatron's contract, megatron-core 0.16):
+- ``calculate_per_token_loss=True``: we return (sum over this rank's selected tokens, this rank's
+  count of normaliser tokens, metrics). The schedule adds the counts over micro-batches,
+  ``finalize_model_grads`` adds them over DP x CP and divides the gradients by the total; DDP sums
+  gradients. Nothing to precompute.
+- ``calculate_per_token_loss=False``: the schedule multiplies a 2-tuple loss by CP size and
+  divides by the number of micro-batches M; DDP averages gradients over DP x CP. We return this
+  rank's share of the global loss (its sum over the global N) times M * DP, so the gradient is
+  exactly sum(share) -- the CP factor cancels against DDP's average over CP.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from megatron_fork.forking.config import ForkingLossConfig
+from megatron_fork.forking.loss import forking_policy_loss, local_normalizer_count
+from megatron_fork.forking.selection import select_tokens
+from megatron_fork.ops import vocab_parallel_logprob_entropy
+from megatron_fork.parallel.groups import all_reduce_
+from megatron_fork.trainer.parallel_groups import LossGroups
+from megatron_fork.trainer.policy_batch import PolicyMicroBatch
+
+
+@dataclass(frozen=True)
+class StepLossScaling:
+    """How this step's micro-batch losses are scaled (see the module docstring)."""
+
+    per_token: bool
+    """Megatron config ``calculate_per_token_loss``."""
+    num_microbatches: int
+    normalizer: torch.Tensor | None = None
+    """Global N of the step (needed when not ``per_token``)."""
+
+    def __post_init__(self):
+        if not self.per_token and self.normalizer is None:
+            raise ValueError(
+                "calculate_per_token_loss=False needs the step's global normaliser: "
+                "pass normalizer=step_normalizer(config, microbatches, groups)."
+            )
+
+
+def _logits_to_logprob_entropy(logits, batch, config, groups):
+    """[b, s, V/TP] logits -> fp32 (logprob, entropy) [b, s] over the TP group."""
+    return vocab_parallel_logprob_entropy(
+        logits, batch.target, groups.tp, config.temperature, config.chunk_size
+    )
+
+
+def _forward_step_calling(loss_func, *loss_args) -> Callable:
+    """A forward step that runs the model on the next micro-batch and hands its vocab-parallel
+    logits to ``loss_func(batch, *loss_args, logits)`` (called by the schedule, last stage)."""
+
+    def forward_step(data_iterator: Iterator[PolicyMicroBatch], model):
+        batch = next(data_iterator)
+        logits = model(batch.tokens, batch.position_ids, None, labels=None)  # [b, s, V/TP]
+        return logits, partial(loss_func, batch, *loss_args)
+
+    return forward_step
+
+
+def forking_loss_func(
+    batch: PolicyMicroBatch,
+    config: ForkingLossConfig,
+    groups: LossGroups,
+    scaling: StepLossScaling,
+    logits: torch.Tensor,
+):
+    """Megatron loss function for one micro-batch (last pipeline stage)."""
+    logprob, entropy = _logits_to_logprob_entropy(logits, batch, config, groups)
+    scope_group = groups.scope_group(config.scope)
+    selected = batch.selected
+    if selected is None:
+        selected = select_tokens(
+            entropy,
+            batch.valid_mask,
+            config.rho,
+            config.strategy,
+            scope_group,
+            config.seed,
+            batch.token_order,
+        ).mask
+    loss, metrics = forking_policy_loss(
+        logprob,
+        batch.old_logprob,
+        batch.advantages,
+        batch.valid_mask,
+        entropy,
+        config,
+        scope_group,
+        selected=selected,
+        normalizer=1.0 if scaling.per_token else scaling.normalizer,
+        ref_logprob=batch.ref_logprob,
+    )
+    # Summed over micro-batches, "loss" is the step's loss (per-token mode: before dividing by
+    # the step's token count, which only finalize_model_grads knows).
+    metrics["loss"] = all_reduce_(loss.detach().clone().reshape(1), groups.dp_cp)[0]
+    if scaling.per_token:
+        num_tokens = local_normalizer_count(batch.valid_mask, selected, config)
+        return loss, num_tokens.to(torch.int), metrics
+    return loss * (scaling.num_microbatches * groups.dp_size), metrics
+
+
+def make_forking_forward_step(
+    config: ForkingLossConfig, groups: LossGroups, scaling: StepLossScaling
+) -> Callable:
+    """``forward_step_func(data_iterator, model)`` yielding logits and the forking loss.
+
+    The iterator yields this rank's micro-batches already cut to its CP shard
+    (``PolicyMicroBatch.context_parallel_shard``), so step-level selections and counts made
+    from the same shards line up with them.
+    """
+
+    return _forward_step_calling(forking_loss_func, config, groups, scaling)
+
+
+def logprob_entropy_loss_func(batch, config, groups, logits):
+    """Forward-only loss function: no loss, fp32 log-probs and entropies [b, s] per micro-batch."""
+    with torch.no_grad():
+        logprob, entropy = _logits_to_logprob_entropy(logits, batch, config, groups)
+    return torch.zeros((), device=logits.device), {"logprob": logprob, "entropy": entropy}
+
+
+def make_logprob_forward_step(config: ForkingLossConfig, groups: LossGroups) -> Callable:
+    """``forward_step_func`` for the old-logprob pass (``forward_only=True``): the schedule
+    returns, on the last pipeline stage, one {"logprob", "entropy"} dict per micro-batch."""
+
+    return _forward_step_calling(logprob_entropy_loss_func, config, groups)

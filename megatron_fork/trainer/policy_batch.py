@@ -1,0 +1,53 @@
+"""One micro-batch of policy-gradient training data, and its context-parallel shard."""
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from megatron.core.utils import get_batch_on_this_cp_rank
+
+
+@dataclass(frozen=True)
+class PolicyMicroBatch:
+    """[b, s] tensors of one micro-batch (whole sequences, or this CP rank's shard of them).
+
+    ``target[:, t]`` is the token predicted at position t (``tokens`` shifted left); masks and
+    per-token values are aligned with ``target``.
+    """
+
+    tokens: torch.Tensor
+    """[b, s] int64 input ids."""
+    position_ids: torch.Tensor
+    """[b, s] int64."""
+    target: torch.Tensor
+    """[b, s] int64 next-token ids."""
+    valid_mask: torch.Tensor
+    """[b, s] bool, True where ``target`` is a response token."""
+    old_logprob: torch.Tensor
+    """[b, s] fp32 log-probs of ``target`` under the policy that sampled it."""
+    advantages: torch.Tensor
+    """[b, s] fp32 per-token advantages."""
+    token_order: torch.Tensor
+    """[b, s] int64 canonical index of each token in the optimizer step (unique, < 2**32): ties
+    and the random strategy use it, so every parallel layout selects the same tokens."""
+    selected: torch.Tensor | None = None
+    """[b, s] bool precomputed selection (scope ``global_step``); None = select in the loss."""
+    ref_logprob: torch.Tensor | None = None
+    """[b, s] fp32 reference-policy log-probs (KL term), or None."""
+
+    def context_parallel_shard(self, cp_group) -> "PolicyMicroBatch":
+        """This CP rank's part: 2*CP sequence chunks, rank r keeps chunks r and 2*CP-1-r
+        (Megatron's load-balanced split, by Megatron's own function)."""
+        present = {f.name: getattr(self, f.name) for f in fields(self)}
+        present = {k: v for k, v in present.items() if v is not None}
+        return replace(self, **get_batch_on_this_cp_rank(present, cp_group=cp_group))
+
+
+def context_parallel_slice(tensor: torch.Tensor, cp_group) -> torch.Tensor:
+    """This CP rank's part of one [b, s, ...] tensor, split like ``context_parallel_shard``."""
+    return get_batch_on_this_cp_rank({"tensor": tensor}, cp_group=cp_group)["tensor"]
+
+
+def canonical_token_order(sample_index: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[b, s] int64: sample_index[b] * seq_len + position, a layout-free index of each token."""
+    positions = torch.arange(seq_len, device=sample_index.device)
+    return sample_index.to(torch.int64).unsqueeze(-1) * seq_len + positions  # [b, s]

@@ -1,0 +1,82 @@
+"""Plain single-process PyTorch reference of the whole forking-token step, in fp64.
+
+Independent of the library's numerics: log_softmax for log-probs and entropy, a sort for the
+selection, the loss written out from its definition.
+"""
+
+import math
+from fractions import Fraction
+
+import torch
+
+
+def logprob_entropy(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0):
+    """[..., V] fp64 logits -> (logprob of target, entropy), plain log_softmax."""
+    log_p = torch.log_softmax(logits / temperature, dim=-1)
+    logprob = log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return logprob, entropy
+
+
+def exact_k(rho: float, n: int) -> int:
+    return math.ceil(Fraction(str(rho)) * n)
+
+
+def select_by_sort(entropy, valid, order, rho, strategy) -> torch.Tensor:
+    """Top/bottom k of one scope by a sort on (entropy, order); all = valid."""
+    flat_valid = valid.flatten()
+    if strategy == "all":
+        return valid.clone()
+    idx = flat_valid.nonzero().flatten().tolist()
+    h, o = entropy.flatten().tolist(), order.flatten().tolist()
+    if strategy == "top":
+        ranked = sorted(idx, key=lambda i: (-h[i], o[i]))
+    elif strategy == "bottom":
+        ranked = sorted(idx, key=lambda i: (h[i], -o[i]))
+    else:
+        raise ValueError(f"no sort reference for {strategy}")
+    mask = torch.zeros_like(flat_valid)
+    mask[ranked[: exact_k(rho, len(idx))]] = True
+    return mask.view_as(valid)
+
+
+def policy_loss(logprob, old_logprob, advantages, selected, normalizer, cfg, entropy, ref=None):
+    """-(1/N) sum over selected of the DAPO per-token objective (+ KL and entropy terms)."""
+    ratio = torch.exp(logprob - old_logprob)
+    lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
+    objective = torch.minimum(ratio * advantages, ratio.clamp(lo, hi) * advantages)
+    if cfg.dual_clip_c is not None:
+        dual = torch.maximum(objective, cfg.dual_clip_c * advantages)
+        objective = torch.where(advantages < 0, dual, objective)
+    if cfg.kl_coef:
+        d = ref - logprob
+        objective = objective - cfg.kl_coef * (torch.exp(d) - d - 1)
+    if cfg.entropy_coef:
+        objective = objective + cfg.entropy_coef * entropy
+    return -(objective * selected).sum() / max(int(normalizer), 1)
+
+
+def reference_step(step, cfg, num_microbatches, dp_size):
+    """Loss, gradient w.r.t. the logits table, selection and old/ref log-probs of one step."""
+    from tests.support.step_data import scope_units
+
+    logits = step["logits"].clone().requires_grad_(True)  # [G*S, V]
+    g, s = step["target"].shape
+    logprob, entropy = logprob_entropy(logits.view(g, s, -1), step["target"], cfg.temperature)
+    old = logprob.detach() + step["old_noise"]
+    ref = logprob.detach() + step["ref_noise"]
+    selected = torch.zeros_like(step["valid"])
+    for unit in scope_units(g, num_microbatches, dp_size, cfg.scope):
+        selected[unit] = select_by_sort(
+            entropy.detach()[unit], step["valid"][unit], step["order"][unit], cfg.rho, cfg.strategy
+        )
+    n = step["valid"].sum() if cfg.normalizer == "all_tokens" else selected.sum()
+    loss = policy_loss(logprob, old, step["advantages"], selected, n, cfg, entropy, ref)
+    loss.backward()
+    return {
+        "loss": loss.detach(),
+        "grad": logits.grad,
+        "selected": selected,
+        "old_logprob": old.float(),
+        "ref_logprob": ref.float(),
+    }
