@@ -5,7 +5,9 @@ For logits z split over TP ranks along the vocabulary ([..., V/TP] per rank) and
 both fp32, with gradients for both outputs. Communication is one MAX all-reduce (row maxima) and
 one SUM all-reduce (per-row partial sums) over the TP group for the whole input, whatever the
 chunking; the full vocabulary is never gathered. Work runs over chunks of tokens, so the extra
-memory is a few fp32 [chunk, V/TP] buffers, not [tokens, V/TP]. The input is never modified.
+memory is two fp32 [chunk, V/TP] buffers, not [tokens, V/TP]. The input is never modified.
+Logits must be finite: a -inf entry (a masked vocabulary slot) makes the entropy NaN, which the
+token selection then reports.
 
 Gradients (per row, w.r.t. z/T):  d logprob/dz_j = 1[j = target] - p_j
                                  d entropy/dz_j = -p_j (log p_j + entropy)
@@ -29,12 +31,11 @@ def _row_chunks(num_rows: int, chunk_size: int):
         yield slice(start, min(start + chunk_size, num_rows))
 
 
-def _shifted_logits(logits: torch.Tensor, row_max: torch.Tensor, temperature: float):
-    """fp32 copy of (logits / T) - row_max[:, None]: [chunk, V/TP]; ``logits`` is untouched."""
-    z = logits.to(torch.float32, copy=True)  # [c, Vl]
-    if temperature != 1.0:
-        z.div_(temperature)
-    return z.sub_(row_max.unsqueeze(-1))
+def _shifted_logits(logits, row_shift, temperature, out=None):
+    """fp32 (logits / T) - row_shift[:, None]: [chunk, V/TP], written to ``out`` if given (an
+    fp32 buffer), else to a new tensor; ``logits`` is untouched."""
+    z = torch.div(logits, temperature, out=out) if out is not None else logits.float() / temperature
+    return z.sub_(row_shift.unsqueeze(-1))
 
 
 def _local_target(target: torch.Tensor, vocab_start: int, vocab_local: int):
@@ -66,6 +67,7 @@ class _VocabParallelLogprobEntropy(torch.autograd.Function):
             exp_z = z.exp()
             partial[rows_c, _SUM_EXP] = exp_z.sum(dim=-1)
             partial[rows_c, _SUM_EXP_Z] = exp_z.mul_(z).sum(dim=-1)
+            del z, exp_z  # free this chunk's buffers before the next one is allocated
         partial[:, _TARGET_Z] *= found
         partial[:, _TARGET_FOUND] = found.to(torch.float32)
         all_reduce_(partial, tp_group)
@@ -91,19 +93,23 @@ class _VocabParallelLogprobEntropy(torch.autograd.Function):
         grad_logprob = grad_logprob.to(torch.float32) * has_target  # [N]
         grad_entropy = grad_entropy.to(torch.float32)  # [N]
         grad_logits = torch.empty_like(logits)  # [N, V/TP]
+        in_place = logits.dtype == torch.float32  # work inside grad_logits: no chunk copy
         for rows_c in _row_chunks(logits.shape[0], ctx.chunk_size):
-            log_p = _shifted_logits(logits[rows_c], row_lse[rows_c], temperature)  # [c, Vl]
+            out = grad_logits[rows_c] if in_place else None
+            log_p = _shifted_logits(logits[rows_c], row_lse[rows_c], temperature, out)  # [c, Vl]
             p = log_p.exp()
             # -p * (g_lp + g_H * (log p + H)), built in log_p's buffer.
             coeff = log_p.add_(entropy[rows_c, None]).mul_(grad_entropy[rows_c, None])
-            coeff.add_(grad_logprob[rows_c, None])
-            grad = p.mul_(coeff).neg_()
+            grad = coeff.add_(grad_logprob[rows_c, None]).mul_(p).neg_()
+            del p
             # + g_lp at the target, on the rank whose shard holds it.
             rows_here = torch.nonzero(found[rows_c], as_tuple=True)[0]
             grad[rows_here, target_local[rows_c][rows_here]] += grad_logprob[rows_c][rows_here]
             if temperature != 1.0:
                 grad.div_(temperature)
-            grad_logits[rows_c] = grad
+            if not in_place:
+                grad_logits[rows_c] = grad
+            del log_p, coeff, grad
         return grad_logits, None, None, None, None
 
 

@@ -56,13 +56,13 @@ def policy_loss(logprob, old_logprob, advantages, selected, normalizer, cfg, ent
     return -(objective * selected).sum() / max(int(normalizer), 1)
 
 
-def reference_step(step, cfg, num_microbatches, dp_size):
-    """Loss, gradient w.r.t. the logits table, selection and old/ref log-probs of one step."""
+def reference_loss(logits, step, cfg, num_microbatches, dp_size):
+    """The step's loss from full logits [G, S, V] (fp64, may carry autograd), its selection and
+    the old/reference log-probs it used (current log-probs plus fixed noise)."""
     from tests.support.step_data import scope_units
 
-    logits = step["logits"].clone().requires_grad_(True)  # [G*S, V]
     g, s = step["target"].shape
-    logprob, entropy = logprob_entropy(logits.view(g, s, -1), step["target"], cfg.temperature)
+    logprob, entropy = logprob_entropy(logits, step["target"], cfg.temperature)
     old = logprob.detach() + step["old_noise"]
     ref = logprob.detach() + step["ref_noise"]
     selected = torch.zeros_like(step["valid"])
@@ -72,10 +72,9 @@ def reference_step(step, cfg, num_microbatches, dp_size):
         )
     n = step["valid"].sum() if cfg.normalizer == "all_tokens" else selected.sum()
     loss = policy_loss(logprob, old, step["advantages"], selected, n, cfg, entropy, ref)
-    loss.backward()
     return {
-        "loss": loss.detach(),
-        "grad": logits.grad,
+        "loss": loss,
+        "normalizer": n.to(torch.float64),
         "selected": selected,
         "old_logprob": old.float(),
         "ref_logprob": ref.float(),

@@ -13,6 +13,7 @@ def make_step(num_samples: int, seq_len: int, vocab: int, seed: int = 0) -> dict
     gen = torch.Generator().manual_seed(seed)
     g, s = num_samples, seq_len
     logits = torch.randn(g * s, vocab, generator=gen, dtype=torch.float64) * 2.0
+    tokens = torch.randint(0, vocab, (g, s), generator=gen)
     target = torch.randint(0, vocab, (g, s), generator=gen)
     prompt_len = torch.randint(1, s // 2, (g,), generator=gen)
     response_len = torch.randint(0, s, (g,), generator=gen)
@@ -28,6 +29,7 @@ def make_step(num_samples: int, seq_len: int, vocab: int, seed: int = 0) -> dict
     noise = 0.3 * torch.randn(g, s, generator=gen, dtype=torch.float64)
     return {
         "logits": logits,
+        "tokens": tokens,
         "target": target,
         "valid": valid,
         "order": order,

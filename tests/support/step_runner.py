@@ -1,0 +1,106 @@
+"""One optimizer step's forward and backward with the forking-token loss, on this rank.
+
+Runs what the trainer runs, through Megatron's real schedule: the old-logprob pass
+(forward-only), the selection for the configured scope, the step normaliser, and the training
+pass. Asserts the selection equals the reference's on every micro-batch.
+"""
+
+import dataclasses
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_fork.forking.selection import select_tokens
+from megatron_fork.trainer.forward_step import (
+    StepLossScaling,
+    make_forking_forward_step,
+    make_logprob_forward_step,
+)
+from megatron_fork.trainer.parallel_groups import LossGroups
+from megatron_fork.trainer.policy_batch import PolicyMicroBatch, context_parallel_slice
+from megatron_fork.trainer.step_tokens import select_step_tokens, step_normalizer
+from tests.support.step_data import sample_rows
+
+
+def _microbatches(step, ref, tokens, num_microbatches, micro_batch_size, groups):
+    dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+    seq_len = step["target"].shape[1]
+    shards = []
+    for m in range(num_microbatches):
+        rows = sample_rows(step, m, dp_rank, dp, micro_batch_size)
+        full = PolicyMicroBatch(
+            tokens=tokens[rows],
+            position_ids=torch.arange(seq_len).expand(len(rows), seq_len),
+            target=step["target"][rows],
+            valid_mask=step["valid"][rows],
+            old_logprob=ref["old_logprob"][rows],
+            advantages=step["advantages"][rows].float(),
+            token_order=step["order"][rows],
+            ref_logprob=ref["ref_logprob"][rows],
+        )
+        shards.append(full.context_parallel_shard(groups.cp))
+    return shards
+
+
+def _select(cfg, shards, entropies, groups):
+    if cfg.scope == "global_step":
+        return select_step_tokens(cfg, shards, entropies, groups)
+    scope_group = groups.scope_group(cfg.scope)
+    return [
+        select_tokens(
+            h, mb.valid_mask, cfg.rho, cfg.strategy, scope_group, cfg.seed, mb.token_order
+        ).mask
+        for h, mb in zip(entropies, shards, strict=True)
+    ]
+
+
+def _check_selection(masks, step, ref, micro_batch_size, groups):
+    dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+    for m, mask in enumerate(masks):
+        rows = sample_rows(step, m, dp_rank, dp, micro_batch_size)
+        expected = context_parallel_slice(ref["selected"][rows], groups.cp)
+        assert torch.equal(mask, expected), f"micro-batch {m}: selected tokens differ"
+
+
+def run_forking_step(model, cfg, step, ref, tokens, num_microbatches, micro_batch_size, per_token):
+    """Forward+backward of one step; returns the step's loss on the last stage, else None."""
+    groups = LossGroups.from_parallel_state()
+    shards = _microbatches(step, ref, tokens, num_microbatches, micro_batch_size, groups)
+    last_stage = ps.is_pipeline_last_stage()
+    forward_backward = get_forward_backward_func()
+    schedule_args = dict(
+        model=[model],
+        num_microbatches=num_microbatches,
+        seq_length=shards[0].tokens.shape[1],
+        micro_batch_size=micro_batch_size,
+    )
+    old = forward_backward(
+        forward_step_func=make_logprob_forward_step(cfg, groups),
+        data_iterator=iter(shards),
+        forward_only=True,
+        **schedule_args,
+    )
+    if last_stage:
+        masks = _select(cfg, shards, [o["entropy"] for o in old], groups)
+        _check_selection(masks, step, ref, micro_batch_size, groups)
+        if cfg.scope == "global_step":
+            shards = [
+                dataclasses.replace(mb, selected=s) for mb, s in zip(shards, masks, strict=True)
+            ]
+    normalizer = None if per_token else step_normalizer(cfg, shards, groups)
+    scaling = StepLossScaling(per_token, num_microbatches, normalizer)
+    out = forward_backward(
+        forward_step_func=make_forking_forward_step(cfg, groups, scaling),
+        data_iterator=iter(shards),
+        forward_only=False,
+        **schedule_args,
+    )
+    if not last_stage:
+        return None
+    loss = sum(o["loss"] for o in out)
+    return loss / ref["normalizer"] if per_token else loss
+
+
+def relative_error(actual, expected) -> float:
+    return float((actual.double() - expected.double()).abs().max() / expected.abs().max())
