@@ -1,25 +1,19 @@
 """One optimizer step's forward and backward with the forking-token loss, on this rank.
 
-Runs what the trainer runs, through Megatron's real schedule: the old-logprob pass
-(forward-only), the selection for the configured scope, the step normaliser, and the training
-pass. Asserts the selection equals the reference's on every micro-batch.
+Runs the actor's step (megatron_fork.trainer.actor_step) through Megatron's real schedule: the
+old-logprob pass, the selection for the configured scope, the step normaliser, and the training
+pass. Asserts that the selection for the scope, made from the old pass's entropies on this
+layout, equals the reference's on every micro-batch.
 """
-
-import dataclasses
 
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_fork.forking.selection import select_tokens
-from megatron_fork.trainer.forward_step import (
-    StepLossScaling,
-    make_forking_forward_step,
-    make_logprob_forward_step,
-)
+from megatron_fork.trainer.actor_step import forward_backward_step, old_logprob_pass, prepare_step
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch, context_parallel_slice
-from megatron_fork.trainer.step_tokens import select_step_tokens, step_normalizer
+from megatron_fork.trainer.step_tokens import select_step_tokens
 from tests.support.step_data import sample_rows
 
 
@@ -67,38 +61,15 @@ def run_forking_step(model, cfg, step, ref, tokens, num_microbatches, micro_batc
     """Forward+backward of one step; returns the step's loss on the last stage, else None."""
     groups = LossGroups.from_parallel_state()
     shards = _microbatches(step, ref, tokens, num_microbatches, micro_batch_size, groups)
-    last_stage = ps.is_pipeline_last_stage()
-    forward_backward = get_forward_backward_func()
-    schedule_args = dict(
-        model=[model],
-        num_microbatches=num_microbatches,
-        seq_length=shards[0].tokens.shape[1],
-        micro_batch_size=micro_batch_size,
-    )
-    old = forward_backward(
-        forward_step_func=make_logprob_forward_step(cfg, groups),
-        data_iterator=iter(shards),
-        forward_only=True,
-        **schedule_args,
-    )
-    if last_stage:
-        masks = _select(cfg, shards, [o["entropy"] for o in old], groups)
+    old_pass = old_logprob_pass(model, shards, cfg, groups)
+    if old_pass is not None:
+        masks = _select(cfg, shards, [o.entropy for o in old_pass], groups)
         _check_selection(masks, step, ref, micro_batch_size, groups)
-        if cfg.scope == "global_step":
-            shards = [
-                dataclasses.replace(mb, selected=s) for mb, s in zip(shards, masks, strict=True)
-            ]
-    normalizer = None if per_token else step_normalizer(cfg, shards, groups)
-    scaling = StepLossScaling(per_token, num_microbatches, normalizer)
-    out = forward_backward(
-        forward_step_func=make_forking_forward_step(cfg, groups, scaling),
-        data_iterator=iter(shards),
-        forward_only=False,
-        **schedule_args,
-    )
-    if not last_stage:
+    shards, scaling = prepare_step(cfg, shards, old_pass, groups, per_token)
+    outputs = forward_backward_step(model, shards, cfg, groups, scaling)
+    if outputs is None:
         return None
-    loss = sum(o["loss"] for o in out)
+    loss = sum(o["loss"] for o in outputs)
     return loss / ref["normalizer"] if per_token else loss
 
 

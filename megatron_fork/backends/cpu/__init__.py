@@ -8,7 +8,9 @@ unchanged on a GPU cluster. Call it before building models; it is idempotent.
 Index of patches:
 - ``patch_placement``: ``torch.cuda.current_device()`` -> CPU; ``torch.cuda.synchronize()`` no-op.
 - ``patch_rng``: Megatron's model-parallel RNG tracker on the CPU generator.
-- ``patch_schedules``: the pipeline schedules' ``device="cuda"`` token counter -> CPU.
+- ``patch_cuda_allocations``: ``device="cuda"`` bookkeeping tensors of the schedules and the
+  optimizer (token counter, loss scale, grad-norm buffers) -> CPU.
+- ``patch_clip_grads``: gradient clipping by total norm accepts CPU fp32 gradients.
 - ``patch_causal_mask``: the default causal attention mask built on the CPU.
 
 Models built on this backend need a ``TransformerConfig`` without fused kernels; see
@@ -28,7 +30,8 @@ from megatron_fork.backends.cpu.version import (
 PATCHES: tuple[str, ...] = (
     "patch_placement",
     "patch_rng",
-    "patch_schedules",
+    "patch_cuda_allocations",
+    "patch_clip_grads",
     "patch_causal_mask",
 )
 
