@@ -5,8 +5,8 @@ name a CUDA device get the CPU instead; every other ``torch`` attribute is the r
 module's ``torch`` global is a thin proxy).
 Why: these modules hard-code the device of small bookkeeping tensors: the schedules' token
 counter (``total_num_tokens``), the optimizer's loss scale and overflow buffers, the grad-norm
-all-reduce buffer in ``clip_grads``, the grad scaler's constants, the local (no-Apex) multi-tensor L2 norm in ``utils``. On a CPU-only torch each of
-those raises before any real work.
+all-reduce buffer in ``clip_grads``, the grad scaler's constants, and the local (no-Apex)
+multi-tensor L2 norm in ``utils``. On a CPU-only torch each of those raises before any work.
 Verified: megatron-core 0.16.1 with torch 2.13.0 (CPU build).
 Can go: when these modules take the device from the model, the parameters or a config.
 """
