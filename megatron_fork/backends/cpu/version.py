@@ -23,7 +23,7 @@ def installed_megatron_core_version() -> str | None:
 def check_megatron_core_version(installed: str | None = None) -> str:
     """Return the installed megatron-core version, or raise if it was not verified."""
     installed = installed if installed is not None else installed_megatron_core_version()
-    if installed is None:
+    if not installed:
         raise UnverifiedMegatronVersionError(
             "megatron-core is not installed; the CPU backend needs one of "
             f"{VERIFIED_MEGATRON_CORE_VERSIONS} (pip install megatron-core==0.16.1)."

@@ -1,0 +1,62 @@
+"""The op over a real TP group (gloo ranks): each rank holds a vocabulary shard; outputs and
+gradients match the single-process fp64 reference; two all-reduces in forward, none in backward;
+the logits are left untouched."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from megatron_fork.ops import vocab_parallel_logprob_entropy
+from tests.support.collective_counter import count_collectives
+from tests.support.distributed import run_distributed
+from tests.support.reference import logprob_entropy
+
+TOKENS, VOCAB = 37, 48
+
+
+def _relative_error(actual, expected):
+    return float((actual.double() - expected).abs().max() / expected.abs().max())
+
+
+def _tp_worker(rank, world, temperature, chunk_size):
+    gen = torch.Generator().manual_seed(0)
+    full = torch.randn(TOKENS, VOCAB, generator=gen) * 3  # fp32
+    target = torch.randint(0, VOCAB, (TOKENS,), generator=gen)
+    target[0] = -100  # an ignored position: logprob 0
+    weights = torch.randn(2, TOKENS, generator=gen)
+
+    reference = full.double().requires_grad_(True)
+    ref_lp, ref_h = logprob_entropy(reference, target.clamp(min=0), temperature)
+    ref_lp = ref_lp * (target >= 0)
+    (ref_lp * weights[0] + ref_h * weights[1]).sum().backward()
+
+    width = VOCAB // world
+    shard = full[:, rank * width : (rank + 1) * width].clone().requires_grad_(True)
+    before = shard.detach().clone()
+    with count_collectives() as forward_calls:
+        lp, h = vocab_parallel_logprob_entropy(
+            shard, target, dist.group.WORLD, temperature, chunk_size
+        )
+    with count_collectives() as backward_calls:
+        (lp * weights[0] + h * weights[1]).sum().backward()
+
+    assert lp.dtype == h.dtype == torch.float32
+    assert _relative_error(lp, ref_lp.detach()) <= 1e-5
+    assert _relative_error(h, ref_h.detach()) <= 1e-5
+    expected_grad = reference.grad[:, rank * width : (rank + 1) * width]
+    assert _relative_error(shard.grad, expected_grad) <= 1e-5
+    assert torch.equal(shard.detach(), before), "the op modified its input"
+    # One MAX and one SUM all-reduce whatever the chunking; nothing else (no vocab gather).
+    assert forward_calls == {
+        "all_reduce": 2,
+        f"all_reduce:{dist.ReduceOp.MAX}": 1,
+        f"all_reduce:{dist.ReduceOp.SUM}": 1,
+    }, forward_calls
+    assert sum(backward_calls.values()) == 0, backward_calls
+
+
+@pytest.mark.parametrize(
+    "world, temperature, chunk_size", [(2, 1.0, 5), (2, 0.7, None), (4, 1.3, 8)]
+)
+def test_tp_sharded_op_matches_full_vocab_reference(world, temperature, chunk_size):
+    run_distributed(_tp_worker, world, temperature, chunk_size)
