@@ -1,11 +1,12 @@
 """Exact k-th largest key over all ranks of a group, without gathering the keys.
 
-Keys are non-negative 32-bit integers held in int64. A radix select over two 16-bit digits finds
-the k-th largest key: each round builds a 65536-bin histogram of this rank's candidates, one SUM
-all-reduce combines the ranks, and every rank reads the same digit off the same histogram, so
-all ranks agree on the answer (and on every later branch) without further talk. Several selection
-problems ("rows") share the two all-reduces. Memory is O(rows * 65536), independent of the
-number of keys, so a whole optimizer step's tokens can be ranked.
+Keys are non-negative 32-bit integers held in int64. A radix select over three digits (11, 11
+and 10 bits) finds the k-th largest key: each round builds a 2048-bin histogram of this rank's
+candidates that still match the digits chosen so far, one SUM all-reduce combines the ranks, and
+every rank reads the same digit off the same histogram, so all ranks agree on the answer (and on
+every later branch) without further talk. Several selection problems ("rows") share the three
+all-reduces. Memory is O(rows * 2048), independent of the number of keys, so a whole optimizer
+step's tokens can be ranked.
 """
 
 from collections.abc import Callable
@@ -15,8 +16,9 @@ import torch
 
 from megatron_fork.parallel.groups import all_reduce_
 
-DIGIT_BITS = 16
-NUM_BINS = 1 << DIGIT_BITS
+DIGITS = ((21, 11), (10, 11), (0, 10))
+"""(shift, bits) of each radix round, most significant first: 32 bits in three all-reduces."""
+NUM_BINS = 1 << max(bits for _, bits in DIGITS)
 KEY_MAX = (1 << 32) - 1
 """Largest key; keys live in [0, KEY_MAX]."""
 
@@ -67,14 +69,17 @@ def _histogram(digits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
 
 
 def _pick_digit(hist: torch.Tensor, k: torch.Tensor):
-    """Per row, the digit holding the k-th largest (k >= 1) and the count strictly above it."""
-    from_top = hist.flip(-1).cumsum(-1)  # [rows, NUM_BINS], counts of digits >= NUM_BINS-1-i
-    index = torch.searchsorted(from_top, k.unsqueeze(-1)).squeeze(-1).clamp(max=NUM_BINS - 1)
-    digit = NUM_BINS - 1 - index
-    above = from_top.gather(-1, index.unsqueeze(-1)).squeeze(-1) - hist.gather(
-        -1, digit.unsqueeze(-1)
-    ).squeeze(-1)
-    return digit, above
+    """Per row, the digit holding the k-th largest (1 <= k <= total) and the count above it.
+
+    With c the ascending cumulative histogram, the count of digits >= d is total - c[d-1]; the
+    answer is the largest d where that is still >= k, i.e. the number of c entries <= total - k.
+    """
+    cumulative = hist.cumsum(-1)  # [rows, NUM_BINS]
+    total = cumulative[:, -1:]  # [rows, 1]
+    digit = torch.searchsorted(cumulative, total - k.unsqueeze(-1), right=True)
+    digit = digit.clamp(max=NUM_BINS - 1)  # [rows, 1]
+    above = total - cumulative.gather(-1, digit)
+    return digit.squeeze(-1), above.squeeze(-1)
 
 
 def kth_largest(
@@ -97,27 +102,27 @@ def kth_largest(
     """
     keys = keys.expand_as(candidates)
     rows = candidates.shape[0]
-    high = keys >> DIGIT_BITS  # [rows, N]
-    hist = _histogram(high, candidates).flatten()
-    if extra is not None:
-        hist = torch.cat([hist, extra.flatten().to(torch.int64)])
-    all_reduce_(hist, group)
-    reduced_extra = hist[rows * NUM_BINS :].view_as(extra) if extra is not None else None
-    hist = hist[: rows * NUM_BINS].view(rows, NUM_BINS)
-
-    total = hist.sum(-1)  # [rows]
-    k = k_of_total(total).to(torch.int64)
-    k_eff = k.clamp(min=1)  # rows with k = 0 are masked out at the end
-    high_digit, above_high = _pick_digit(hist, k_eff)
-
-    in_bucket = candidates & (high == high_digit.unsqueeze(-1))
-    hist_low = _histogram(keys & (NUM_BINS - 1), in_bucket)
-    all_reduce_(hist_low, group)
-    low_digit, above_low = _pick_digit(hist_low, k_eff - above_high)
-
-    threshold = (high_digit << DIGIT_BITS) | low_digit
-    above = above_high + above_low
-    tied = hist_low.gather(-1, low_digit.unsqueeze(-1)).squeeze(-1)
+    threshold = torch.zeros(rows, dtype=torch.int64, device=keys.device)
+    above = torch.zeros_like(threshold)
+    in_bucket, reduced_extra, k = candidates, None, None
+    for shift, bits in DIGITS:
+        digits = (keys >> shift) & ((1 << bits) - 1)  # [rows, N]
+        hist = _histogram(digits, in_bucket)  # [rows, NUM_BINS]
+        if k is None and extra is not None:  # first round: piggyback the caller's counts
+            flat = all_reduce_(torch.cat([hist.flatten(), extra.flatten().to(torch.int64)]), group)
+            hist, reduced_extra = flat[: hist.numel()].view_as(hist), flat[hist.numel() :]
+            reduced_extra = reduced_extra.view_as(extra)
+        else:
+            all_reduce_(hist, group)
+        if k is None:  # first round: the totals over the group fix k
+            total = hist.sum(-1)  # [rows]
+            k = k_of_total(total).to(torch.int64)
+            k_eff = k.clamp(min=1)  # rows with k = 0 are masked out at the end
+        digit, above_digit = _pick_digit(hist, k_eff - above)
+        threshold |= digit << shift
+        above += above_digit
+        in_bucket = in_bucket & (digits == digit.unsqueeze(-1))
+    tied = hist.gather(-1, digit.unsqueeze(-1)).squeeze(-1)
     none = k == 0
     result = KthLargest(
         threshold=torch.where(none, KEY_MAX + 1, threshold),
