@@ -5,6 +5,20 @@ from dataclasses import dataclass, fields, replace
 import torch
 from megatron.core.utils import get_batch_on_this_cp_rank
 
+_FIELD_KINDS = {
+    "tokens": "integer",
+    "position_ids": "integer",
+    "target": "integer",
+    "token_order": "integer",
+    "valid_mask": "bool",
+    "selected": "bool",
+}
+_KIND_CHECKS = {
+    "integer": lambda t: not t.is_floating_point() and t.dtype != torch.bool,
+    "bool": lambda t: t.dtype == torch.bool,
+    "float": lambda t: t.is_floating_point(),
+}
+
 
 @dataclass(frozen=True)
 class PolicyMicroBatch:
@@ -33,6 +47,23 @@ class PolicyMicroBatch:
     """[b, s] bool precomputed selection (scope ``global_step``); None = select in the loss."""
     ref_logprob: torch.Tensor | None = None
     """[b, s] fp32 reference-policy log-probs (KL term), or None."""
+
+    def __post_init__(self):
+        shape = self.tokens.shape
+        if len(shape) != 2:
+            raise ValueError(f"PolicyMicroBatch.tokens must be [b, s], got {tuple(shape)}.")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if value.shape != shape:
+                raise ValueError(
+                    f"PolicyMicroBatch.{f.name} is {tuple(value.shape)} but tokens are "
+                    f"{tuple(shape)}: every per-token field must be [b, s]."
+                )
+            kind = _FIELD_KINDS.get(f.name, "float")
+            if not _KIND_CHECKS[kind](value):
+                raise TypeError(f"PolicyMicroBatch.{f.name} must be {kind}, got {value.dtype}.")
 
     def context_parallel_shard(self, cp_group) -> "PolicyMicroBatch":
         """This CP rank's part: 2*CP sequence chunks, rank r keeps chunks r and 2*CP-1-r
