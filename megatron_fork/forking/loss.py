@@ -101,16 +101,21 @@ def forking_policy_loss(
     selected = selected & valid_mask
     if normalizer is None:
         normalizer = global_normalizer(valid_mask, selected, config, group)
+    # Log-ratios are zeroed outside the selection before any exp: a huge ratio at a padding or
+    # unselected slot would otherwise give 0 * inf = NaN in the backward and poison every grad.
+    log_ratio = torch.where(selected, logprob - old_logprob, 0.0)
     surrogate = clipped_surrogate(
-        logprob, old_logprob, advantages, config.eps_low, config.eps_high, config.dual_clip_c
+        log_ratio, advantages, config.eps_low, config.eps_high, config.dual_clip_c
     )
     per_token = surrogate.objective
     if config.kl_coef > 0:
-        per_token = per_token - config.kl_coef * k3_kl(logprob, ref_logprob)
+        ref_log_ratio = torch.where(selected, ref_logprob - logprob, 0.0)
+        per_token = per_token - config.kl_coef * k3_kl(ref_log_ratio)
     if config.entropy_coef > 0:
         per_token = per_token + config.entropy_coef * entropy
     total = torch.where(selected, per_token, 0.0).sum()
     normalizer = torch.as_tensor(normalizer, dtype=torch.float64)
     loss = -total / normalizer.clamp(min=1).to(total.dtype)
-    metrics = forking_metrics(entropy, valid_mask, selected, surrogate, group)
+    observed_log_ratio = torch.where(valid_mask, logprob - old_logprob, 0.0).detach()
+    metrics = forking_metrics(entropy, valid_mask, selected, surrogate, observed_log_ratio, group)
     return loss, metrics

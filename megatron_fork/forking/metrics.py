@@ -47,25 +47,26 @@ def forking_metrics(
     valid: torch.Tensor,
     selected: torch.Tensor,
     surrogate: Surrogate,
+    log_ratio: torch.Tensor,
     group=None,
 ) -> dict[str, torch.Tensor]:
-    """0-dim fp32 tensors, identical on every rank of ``group``."""
+    """0-dim fp32 tensors, identical on every rank of ``group``. ``log_ratio``: logprob minus
+    old logprob on the valid tokens (for the approximate KL)."""
     with torch.no_grad():
         entropy = entropy.detach().to(torch.float32)
-        sel = selected.to(torch.float32)
-        val = valid.to(torch.float32)
-        log_ratio = surrogate.ratio.clamp(min=1e-30).log()
-        approx_kl = (surrogate.ratio - 1.0) - log_ratio  # k3 of KL(pi_old || pi)
+        approx_kl = log_ratio.exp() - 1.0 - log_ratio  # k3 of KL(pi_old || pi)
+        # Sums with torch.where, not a product with the mask: NaN * 0 is NaN.
+        over = lambda mask, values: torch.where(mask, values, 0.0).sum()
         sums = torch.stack(
             [
-                val.sum(),
-                sel.sum(),
-                (entropy * val).sum(),
-                (entropy * sel).sum(),
-                (surrogate.clipped_low * sel).sum(),
-                (surrogate.clipped_high * sel).sum(),
-                (surrogate.clipped_dual * sel).sum(),
-                (approx_kl * val).sum(),
+                valid.sum(),
+                selected.sum(),
+                over(valid, entropy),
+                over(selected, entropy),
+                (surrogate.clipped_low & selected).sum(),
+                (surrogate.clipped_high & selected).sum(),
+                (surrogate.clipped_dual & selected).sum(),
+                over(valid, approx_kl),
             ]
         ).to(torch.float64)
         all_reduce_(sums, group)

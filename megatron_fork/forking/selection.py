@@ -55,9 +55,24 @@ def default_order(like: torch.Tensor, group) -> torch.Tensor:
     return (torch.arange(like.numel(), device=like.device) + offset).view(like.shape)
 
 
-def _take_top_k(key, valid, k_of_total, tie_key, group, extra=None):
-    """Exactly k valid tokens with the largest ``key``; ties by largest ``tie_key()``."""
-    top, reduced_extra = kth_largest(key.flatten(), valid.flatten()[None], k_of_total, group, extra)
+def _raise_for_problems(problems: torch.Tensor) -> None:
+    nonfinite, bad_order = (int(n) for n in problems)
+    if nonfinite:
+        raise FloatingPointError(
+            f"{nonfinite} valid tokens have a non-finite entropy; check the logits "
+            "(NaN/inf from the model) before selecting tokens."
+        )
+    if bad_order:
+        raise ValueError(f"{bad_order} token order values lie outside [0, 2**32).")
+
+
+def _take_top_k(key, valid, k_of_total, tie_key, group, problems):
+    """Exactly k valid tokens with the largest ``key``; ties by largest ``tie_key()``.
+    ``problems`` ([nonfinite entropies, bad orders]) ride on the first all-reduce."""
+    top, reduced_problems = kth_largest(
+        key.flatten(), valid.flatten()[None], k_of_total, group, problems
+    )
+    _raise_for_problems(reduced_problems)  # the same counts on every rank: all raise together
     threshold, need, tied = int(top.threshold[0]), int(top.need_from_tied[0]), int(top.tied[0])
     mask = valid & (key > threshold)
     at_threshold = valid & (key == threshold)
@@ -68,8 +83,13 @@ def _take_top_k(key, valid, k_of_total, tie_key, group, extra=None):
         tie_pick, _ = kth_largest(
             ties.flatten(), at_threshold.flatten()[None], lambda _: top.need_from_tied, group
         )
+        if int(tie_pick.tied[0]) != int(tie_pick.need_from_tied[0]):  # same on every rank
+            raise ValueError(
+                "token order is not unique over the scope: tied tokens share an order value. "
+                "Pass a canonical index (e.g. canonical_token_order) unique across the group."
+            )
         mask |= at_threshold & (ties >= tie_pick.threshold[0])
-    return mask, int(top.total[0]), reduced_extra
+    return mask, int(top.total[0])
 
 
 def _key_top(entropy, order_fn, seed):
@@ -114,7 +134,13 @@ def select_tokens(
         check_rho(rho)
     check_selection_inputs(entropy, valid_mask, order)
     entropy = entropy.detach().to(torch.float32)
-    nonfinite = (valid_mask & ~torch.isfinite(entropy)).sum().view(1)
+    # Data problems are counted into the first all-reduce, so every rank raises together.
+    problems = torch.stack(
+        [
+            (valid_mask & ~torch.isfinite(entropy)).sum(),
+            ((order < 0) | (order > KEY_MAX)).sum() if order is not None else valid_mask.sum() * 0,
+        ]
+    )
     if strategy == "all":
         k_of_total = lambda total: total
         key, tie_key = torch.zeros_like(entropy, dtype=torch.int64), lambda: None
@@ -123,12 +149,7 @@ def select_tokens(
         k_of_total = lambda total: num_to_select(rho, total)
         key, tie_key = _RANKING_KEYS[strategy](entropy, order_fn, seed)
     # One key for "all" makes every valid token tie and need == tied: all are taken.
-    mask, num_valid, nonfinite = _take_top_k(key, valid_mask, k_of_total, tie_key, group, nonfinite)
-    if int(nonfinite) > 0:  # raised on every rank: the count came through the same all-reduce
-        raise FloatingPointError(
-            f"{int(nonfinite)} valid tokens have a non-finite entropy; check the logits "
-            "(NaN/inf from the model) before selecting tokens."
-        )
+    mask, num_valid = _take_top_k(key, valid_mask, k_of_total, tie_key, group, problems)
     num_selected = (
         num_valid if strategy == "all" else int(num_to_select(rho, torch.tensor(num_valid)))
     )

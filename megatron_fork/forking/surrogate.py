@@ -20,15 +20,15 @@ class Surrogate:
 
 
 def clipped_surrogate(
-    logprob: torch.Tensor,
-    old_logprob: torch.Tensor,
+    log_ratio: torch.Tensor,
     advantages: torch.Tensor,
     eps_low: float,
     eps_high: float,
     dual_clip_c: float | None,
 ) -> Surrogate:
-    """o_t = min(r A, clip(r, 1 - eps_low, 1 + eps_high) A); for A < 0, o_t = max(o_t, c A)."""
-    ratio = torch.exp(logprob - old_logprob)
+    """o_t = min(r A, clip(r, 1 - eps_low, 1 + eps_high) A); for A < 0, o_t = max(o_t, c A),
+    with r = exp(log_ratio) and log_ratio = logprob - old_logprob."""
+    ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * advantages
     objective = torch.minimum(unclipped, clipped)
@@ -50,7 +50,7 @@ def clipped_surrogate(
     )
 
 
-def k3_kl(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref) on samples of pi: exp(d) - d - 1, d = ref - lp."""
-    delta = ref_logprob - logprob
-    return torch.exp(delta) - delta - 1.0
+def k3_kl(ref_log_ratio: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref) on samples of pi: exp(d) - d - 1, with
+    d = ref_logprob - logprob."""
+    return torch.exp(ref_log_ratio) - ref_log_ratio - 1.0

@@ -383,3 +383,27 @@ def test_mismatched_selected_shape_raises():
             ForkingLossConfig(),
             selected=torch.ones(1, 3, dtype=torch.bool),
         )
+
+
+def test_huge_ratio_on_a_padding_or_unselected_slot_leaves_gradients_finite():
+    # exp(logprob - old) overflows at t4 (unselected) and t5 (padding): masked before the exp.
+    logprob, old, adv, valid, entropy = hand_inputs()
+    old = old.clone()
+    old[4] = old[5] = -1e4
+    value, metrics = forking_policy_loss(
+        logprob, old, adv, valid, entropy, ForkingLossConfig(**HAND_CONFIG)
+    )
+    value.backward()
+    assert torch.isfinite(logprob.grad).all()
+    assert logprob.grad[0].item() == pytest.approx(-0.44, abs=1e-12)  # unchanged by the slots
+    assert not torch.isfinite(metrics["approx_kl"])  # t4 is valid: its KL really is huge
+
+
+def test_nan_entropy_on_padding_does_not_reach_the_metrics():
+    logprob, old, adv, valid, entropy = hand_inputs()
+    entropy = entropy.clone()
+    entropy[5] = float("nan")  # padding
+    _, metrics = forking_policy_loss(
+        logprob, old, adv, valid, entropy, ForkingLossConfig(**HAND_CONFIG)
+    )
+    assert torch.isfinite(metrics["entropy_mean"]) and torch.isfinite(metrics["entropy_p95"])

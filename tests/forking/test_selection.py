@@ -347,3 +347,20 @@ def test_device_mismatch_raises_value_error_meta_device():
     valid = torch.ones(4, dtype=torch.bool, device="meta")
     with pytest.raises(ValueError, match="entropy on cpu but valid_mask on meta"):
         select_forking_tokens(torch.rand(4), valid, 0.5)
+
+
+def test_order_outside_32_bits_is_rejected():
+    ties = torch.zeros(8)
+    valid = torch.ones(8, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"outside \[0, 2\*\*32\)"):
+        select_forking_tokens(ties, valid, 0.25, order=torch.arange(8) * 2**32)
+    with pytest.raises(ValueError, match=r"outside"):
+        select_forking_tokens(ties, valid, 0.25, order=torch.arange(8) - 1)
+
+
+def test_duplicate_order_at_the_threshold_is_rejected_not_miscounted():
+    # 8 tied tokens, k = 2, orders 0,1,2,0,1,2,0,1: the two smallest orders are not unique.
+    with pytest.raises(ValueError, match="not unique"):
+        select_forking_tokens(
+            torch.zeros(8), torch.ones(8, dtype=torch.bool), 0.25, order=torch.arange(8) % 3
+        )
