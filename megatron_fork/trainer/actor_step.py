@@ -1,8 +1,8 @@
 """One policy-optimisation step of the actor: old-logprob pass, step selection, train pass.
 
-The three functions are what the RL loop calls per rollout batch (``old_logprob_pass``) and per
-optimizer step (``prepare_step`` then ``train_step``); each runs Megatron's real schedule for the
-model's pipeline layout. Micro-batches are this rank's CP shards.
+The RL loop calls ``old_logprob_pass`` per rollout batch, then per optimizer step
+``prepare_step`` and ``forward_backward_step`` (and the optimizer); each runs Megatron's real
+schedule for the model's pipeline layout. Micro-batches are this rank's CP shards.
 """
 
 import dataclasses
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
 
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.trainer.forward_step import (
@@ -31,11 +32,31 @@ class LogprobEntropy:
     entropy: torch.Tensor
 
 
-def _schedule_args(model, shards):
+@dataclass(frozen=True)
+class PreparedStep:
+    """Everything the train pass of one optimizer step needs, fixed before it starts."""
+
+    shards: list[PolicyMicroBatch]
+    """This rank's micro-batch CP shards (with the step's selection under ``global_step``)."""
+    config: ForkingLossConfig
+    """The loss config of this step: the random strategy's seed is mixed with the step index,
+    so the equal-count control draws a fresh set of positions every step."""
+    scaling: StepLossScaling
+
+
+def step_seed(seed: int, step_index: int) -> int:
+    """A 32-bit seed for (run seed, step index)."""
+    return (seed * 0x9E3779B1 + step_index) % 2**32
+
+
+def _schedule_args(model, shards, groups: LossGroups):
+    if not shards:
+        raise ValueError("no micro-batches: an optimizer step needs at least one.")
     return dict(
         model=[model],
         num_microbatches=len(shards),
-        seq_length=shards[0].tokens.shape[1],
+        # Megatron wants the full sequence length and divides by CP itself.
+        seq_length=shards[0].tokens.shape[1] * groups.cp_size,
         micro_batch_size=shards[0].tokens.shape[0],
     )
 
@@ -49,7 +70,7 @@ def old_logprob_pass(
         forward_step_func=make_logprob_forward_step(config, groups),
         data_iterator=iter(shards),
         forward_only=True,
-        **_schedule_args(model, shards),
+        **_schedule_args(model, shards, groups),
     )
     if not ps.is_pipeline_last_stage():
         return None
@@ -57,34 +78,37 @@ def old_logprob_pass(
 
 
 def prepare_step(
+    model,
     config: ForkingLossConfig,
     shards: list[PolicyMicroBatch],
     old_pass: list[LogprobEntropy] | None,
     groups: LossGroups,
-    per_token: bool,
-) -> tuple[list[PolicyMicroBatch], StepLossScaling]:
-    """Step-level work before the train pass: the ``global_step`` selection (from the old pass's
-    entropies, last stage) and the loss scaling with the step's global normaliser."""
-    if config.scope == "global_step" and old_pass is not None:
+    step_index: int = 0,
+) -> PreparedStep:
+    """Step-level work before the train pass: the ``global_step`` selection (from the old
+    pass's entropies, on the last stage) and the loss scaling, which follows the model's
+    ``calculate_per_token_loss`` (so the loss and Megatron's schedule/DDP never disagree)."""
+    config = dataclasses.replace(config, seed=step_seed(config.seed, step_index))
+    if config.scope == "global_step" and ps.is_pipeline_last_stage():
+        if old_pass is None:
+            raise ValueError(
+                "scope global_step selects from the old-logprob pass: pass its outputs "
+                "(old_logprob_pass) to prepare_step."
+            )
         masks = select_step_tokens(config, shards, [o.entropy for o in old_pass], groups)
         shards = [dataclasses.replace(mb, selected=m) for mb, m in zip(shards, masks, strict=True)]
+    per_token = get_model_config(model).calculate_per_token_loss
     normalizer = None if per_token else step_normalizer(config, shards, groups)
-    return shards, StepLossScaling(per_token, len(shards), normalizer)
+    return PreparedStep(shards, config, StepLossScaling(per_token, len(shards), normalizer))
 
 
-def forward_backward_step(
-    model,
-    shards: list[PolicyMicroBatch],
-    config: ForkingLossConfig,
-    groups: LossGroups,
-    scaling: StepLossScaling,
-) -> list[dict] | None:
+def forward_backward_step(model, step: PreparedStep, groups: LossGroups) -> list[dict] | None:
     """Forward and backward of every micro-batch (gradients accumulate in the model); the
     per-micro-batch metric dicts on the last stage, None elsewhere."""
     outputs = get_forward_backward_func()(
-        forward_step_func=make_forking_forward_step(config, groups, scaling),
-        data_iterator=iter(shards),
+        forward_step_func=make_forking_forward_step(step.config, groups, step.scaling),
+        data_iterator=iter(step.shards),
         forward_only=False,
-        **_schedule_args(model, shards),
+        **_schedule_args(model, step.shards, groups),
     )
     return outputs if ps.is_pipeline_last_stage() else None

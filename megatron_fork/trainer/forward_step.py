@@ -79,6 +79,11 @@ def forking_loss_func(
     scope_group = groups.scope_group(config.scope)
     selected = batch.selected
     if selected is None:
+        if config.scope == "global_step":
+            raise ValueError(
+                "scope global_step needs the step's selection on every micro-batch "
+                "(prepare_step sets it from the old-logprob pass); none was given."
+            )
         selected = select_tokens(
             entropy,
             batch.valid_mask,
@@ -95,7 +100,7 @@ def forking_loss_func(
         batch.valid_mask,
         entropy,
         config,
-        scope_group,
+        groups.dp_cp,  # selection and normaliser are given: the group reduces the metrics
         selected=selected,
         normalizer=1.0 if scaling.per_token else scaling.normalizer,
         ref_logprob=batch.ref_logprob,

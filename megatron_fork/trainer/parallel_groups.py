@@ -36,5 +36,10 @@ class LossGroups:
         return group_size(self.dp_cp) // self.cp_size
 
     def scope_group(self, scope: str):
-        """The group a selection scope spans: one DP rank's CP shards, or every DP x CP rank."""
-        return {"local_microbatch": self.cp, "global_microbatch": self.dp_cp}.get(scope, self.dp_cp)
+        """The group a selection scope spans: one DP rank's CP shards (local_microbatch), or
+        every DP x CP rank (global_microbatch, and global_step across all micro-batches)."""
+        groups = {"local_microbatch": self.cp, "global_microbatch": self.dp_cp}
+        groups["global_step"] = self.dp_cp
+        if scope not in groups:
+            raise ValueError(f"unknown scope {scope!r}; choose one of {tuple(groups)}.")
+        return groups[scope]

@@ -67,7 +67,9 @@ class PolicyMicroBatch:
 
     def context_parallel_shard(self, cp_group) -> "PolicyMicroBatch":
         """This CP rank's part: 2*CP sequence chunks, rank r keeps chunks r and 2*CP-1-r
-        (Megatron's load-balanced split, by Megatron's own function)."""
+        (Megatron's load-balanced split, by Megatron's own function). No group: unchanged."""
+        if cp_group is None:
+            return self
         present = {f.name: getattr(self, f.name) for f in fields(self)}
         present = {k: v for k, v in present.items() if v is not None}
         return replace(self, **get_batch_on_this_cp_rank(present, cp_group=cp_group))
@@ -75,6 +77,8 @@ class PolicyMicroBatch:
 
 def context_parallel_slice(tensor: torch.Tensor, cp_group) -> torch.Tensor:
     """This CP rank's part of one [b, s, ...] tensor, split like ``context_parallel_shard``."""
+    if cp_group is None:
+        return tensor
     return get_batch_on_this_cp_rank({"tensor": tensor}, cp_group=cp_group)["tensor"]
 
 

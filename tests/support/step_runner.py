@@ -10,10 +10,14 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_fork.forking.selection import select_tokens
-from megatron_fork.trainer.actor_step import forward_backward_step, old_logprob_pass, prepare_step
+from megatron_fork.trainer.actor_step import (
+    PreparedStep,
+    forward_backward_step,
+    old_logprob_pass,
+    prepare_step,
+)
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch, context_parallel_slice
-from megatron_fork.trainer.step_tokens import select_step_tokens
 from tests.support.step_data import sample_rows
 
 
@@ -37,15 +41,17 @@ def _microbatches(step, ref, tokens, num_microbatches, micro_batch_size, groups)
     return shards
 
 
-def _select(cfg, shards, entropies, groups):
-    if cfg.scope == "global_step":
-        return select_step_tokens(cfg, shards, entropies, groups)
-    scope_group = groups.scope_group(cfg.scope)
+def _selection_used(step: PreparedStep, entropies, groups):
+    """The masks the loss uses: the step's own (global_step) or the scope's, made the way
+    forking_loss_func makes them, with this step's config."""
+    if step.config.scope == "global_step":
+        return [mb.selected for mb in step.shards]
+    cfg, scope_group = step.config, groups.scope_group(step.config.scope)
     return [
         select_tokens(
             h, mb.valid_mask, cfg.rho, cfg.strategy, scope_group, cfg.seed, mb.token_order
         ).mask
-        for h, mb in zip(entropies, shards, strict=True)
+        for h, mb in zip(entropies, step.shards, strict=True)
     ]
 
 
@@ -62,13 +68,16 @@ def run_forking_step(model, cfg, step, ref, tokens, num_microbatches, micro_batc
     groups = LossGroups.from_parallel_state()
     shards = _microbatches(step, ref, tokens, num_microbatches, micro_batch_size, groups)
     old_pass = old_logprob_pass(model, shards, cfg, groups)
+    prepared = prepare_step(model, cfg, shards, old_pass, groups)
+    assert prepared.scaling.per_token == per_token
     if old_pass is not None:
-        masks = _select(cfg, shards, [o.entropy for o in old_pass], groups)
+        masks = _selection_used(prepared, [o.entropy for o in old_pass], groups)
         _check_selection(masks, step, ref, micro_batch_size, groups)
-    shards, scaling = prepare_step(cfg, shards, old_pass, groups, per_token)
-    outputs = forward_backward_step(model, shards, cfg, groups, scaling)
+    outputs = forward_backward_step(model, prepared, groups)
     if outputs is None:
         return None
+    selected = sum(float(o["num_selected_tokens"]) for o in outputs)
+    assert selected == float(ref["selected"].sum()), "the loss used another number of tokens"
     loss = sum(o["loss"] for o in outputs)
     return loss / ref["normalizer"] if per_token else loss
 

@@ -32,6 +32,7 @@ def _build(tp, pp, per_token):
 
     enable_cpu_backend()
     ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    torch.manual_seed(1234)  # CPU initialisation draws from the default generator
     model_parallel_cuda_manual_seed(1234)
     model = build_gpt_model(
         _shape(),

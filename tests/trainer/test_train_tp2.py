@@ -62,13 +62,13 @@ def _train_worker(rank, world, step, out_path):
     shards = [microbatch(m, placeholder) for m in range(NUM_MICROBATCHES)]
     old = old_logprob_pass(ddp_model, shards, config, groups)
     shards = [microbatch(m, o.logprob) for m, o in enumerate(old)]
-    shards, scaling = prepare_step(config, shards, old, groups, per_token=False)
+    prepared = prepare_step(ddp_model, config, shards, old, groups)
 
     losses = []
     for _ in range(STEPS):
         ddp_model.zero_grad_buffer()
         optimizer.zero_grad()
-        outputs = forward_backward_step(ddp_model, shards, config, groups, scaling)
+        outputs = forward_backward_step(ddp_model, prepared, groups)
         losses.append(float(sum(o["loss"] for o in outputs)))
         update_ok, _, _ = optimizer.step()
         assert update_ok
