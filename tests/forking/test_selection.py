@@ -4,34 +4,18 @@ Reference ranking: one total order on the valid tokens, by (-entropy, order) wit
 top(rho) takes the first k, bottom(rho) the last k, k = ceil(rho * n_valid) computed exactly.
 """
 
-import math
 from fractions import Fraction
 
 import pytest
 import torch
 
 from megatron_fork.forking import select_forking_tokens
-
-
-def exact_k(rho: float, n_valid: int) -> int:
-    """ceil(rho * n) with rho taken as the decimal it was written as (0.1 * 30 -> 3)."""
-    return math.ceil(Fraction(str(rho)) * n_valid)
+from tests.support.reference import exact_k, select_by_sort
 
 
 def reference_select(entropy, valid, rho, strategy="top", order=None):
     """Bool mask, same shape as entropy, by sorting valid tokens on (-entropy, order)."""
-    flat_h = entropy.detach().to(torch.float32).flatten().tolist()
-    flat_v = valid.flatten().tolist()
-    flat_o = (
-        list(range(len(flat_h))) if order is None else [int(x) for x in order.flatten().tolist()]
-    )
-    ranked = sorted((i for i in range(len(flat_h)) if flat_v[i]), key=lambda i: flat_o[i])
-    ranked = sorted(ranked, key=lambda i: -flat_h[i])  # stable: ties keep ascending order
-    k = exact_k(rho, len(ranked))
-    chosen = ranked[:k] if strategy == "top" else ranked[len(ranked) - k :]
-    mask = torch.zeros(len(flat_h), dtype=torch.bool)
-    mask[chosen] = True
-    return mask.view(entropy.shape)
+    return select_by_sort(entropy, valid, order, rho, strategy)
 
 
 def _random_case(shape, seed, levels=None, valid_prob=0.7):

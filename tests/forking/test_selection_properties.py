@@ -3,18 +3,16 @@
 Entropies come from a few values so that ties are common; rho is a decimal with three digits so
 that k = ceil(rho * n) has one exact answer (Fraction(str(rho)))."""
 
-import math
-from fractions import Fraction
-
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatron_fork.forking import select_forking_tokens
+from tests.support.reference import exact_k as reference_exact_k
 
 ENTROPY_LEVELS = (0.0, 0.125, 0.5, 0.5000001, 1.0, 2.75)
 
-SETTINGS = settings(max_examples=30, deadline=None)
+SETTINGS = settings(max_examples=60, deadline=None)
 
 
 @st.composite
@@ -32,9 +30,7 @@ def cases(draw):
 
 
 def exact_k(rho_thousandths: int, n: int) -> int:
-    rho = rho_thousandths / 1000
-    assert Fraction(str(rho)) == Fraction(rho_thousandths, 1000)
-    return math.ceil(Fraction(str(rho)) * n)
+    return reference_exact_k(rho_thousandths / 1000, n)
 
 
 @SETTINGS

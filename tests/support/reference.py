@@ -19,25 +19,29 @@ def logprob_entropy(logits: torch.Tensor, target: torch.Tensor, temperature: flo
 
 
 def exact_k(rho: float, n: int) -> int:
+    """ceil(rho * n) with rho taken as the decimal it is written as (0.1 * 30 -> 3)."""
     return math.ceil(Fraction(str(rho)) * n)
 
 
 def select_by_sort(entropy, valid, order, rho, strategy) -> torch.Tensor:
-    """Top/bottom k of one scope by a sort on (entropy, order); all = valid."""
-    flat_valid = valid.flatten()
+    """Top/bottom k by sorting the valid tokens on (entropy as fp32, order); all = valid.
+
+    One total order, (-entropy, order ascending): top takes its first k, bottom its last k.
+    ``order`` None means the flat index.
+    """
     if strategy == "all":
         return valid.clone()
-    idx = flat_valid.nonzero().flatten().tolist()
-    h, o = entropy.flatten().tolist(), order.flatten().tolist()
-    if strategy == "top":
-        ranked = sorted(idx, key=lambda i: (-h[i], o[i]))
-    elif strategy == "bottom":
-        ranked = sorted(idx, key=lambda i: (h[i], -o[i]))
-    else:
+    if strategy not in ("top", "bottom"):
         raise ValueError(f"no sort reference for {strategy}")
-    mask = torch.zeros_like(flat_valid)
-    mask[ranked[: exact_k(rho, len(idx))]] = True
-    return mask.view_as(valid)
+    h = entropy.detach().to(torch.float32).flatten().tolist()
+    o = list(range(len(h))) if order is None else order.flatten().tolist()
+    idx = valid.flatten().nonzero().flatten().tolist()
+    ranked = sorted(idx, key=lambda i: (-h[i], o[i]))
+    k = exact_k(rho, len(idx))
+    chosen = ranked[:k] if strategy == "top" else ranked[len(ranked) - k :]
+    mask = torch.zeros(len(h), dtype=torch.bool)
+    mask[chosen] = True
+    return mask.view(valid.shape)
 
 
 def policy_loss(logprob, old_logprob, advantages, selected, normalizer, cfg, entropy, ref=None):
