@@ -1,6 +1,10 @@
 """Selection and loss over a real process group: exactly the single-process answer on the
 concatenated data, a rank with no valid token joins every collective with zero loss and zero
-gradient, and bad input fails on every rank without a hang."""
+gradient, and bad input fails on every rank without a hang.
+
+Multi-rank tests assert inside each rank's worker (``_..._worker``); ``run_distributed``
+re-raises the first failing rank's error in the test.
+"""
 
 import pytest
 import torch

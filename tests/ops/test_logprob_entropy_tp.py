@@ -1,6 +1,10 @@
 """The op over a real TP group (gloo ranks): each rank holds a vocabulary shard; outputs and
 gradients match the single-process fp64 reference; two all-reduces in forward, none in backward;
-the logits are left untouched."""
+the logits are left untouched.
+
+Multi-rank tests assert inside each rank's worker (``_..._worker``); ``run_distributed``
+re-raises the first failing rank's error in the test.
+"""
 
 import pytest
 import torch

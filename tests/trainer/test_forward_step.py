@@ -1,5 +1,9 @@
 """The Megatron loss function and step preparation on one process: loss-scaling contracts and
-the guards that stop a misconfigured step from training on the wrong tokens."""
+the guards that stop a misconfigured step from training on the wrong tokens.
+
+Multi-rank tests assert inside each rank's worker (``_..._worker``); ``run_distributed``
+re-raises the first failing rank's error in the test.
+"""
 
 import pytest
 import torch

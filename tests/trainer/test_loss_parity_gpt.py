@@ -2,6 +2,9 @@
 qk-layernorm, RMSNorm, SwiGLU, RoPE) under TP=2, PP=2 (1F1B, 4 micro-batches), DP=2 and
 TP2xPP2, against the same model in one process with a plain fp64 PyTorch loss.
 (Context parallelism is covered by the lookup-model tests: Megatron's local attention has no CP.)
+
+Multi-rank tests assert inside each rank's worker (``_..._worker``); ``run_distributed``
+re-raises the first failing rank's error in the test.
 """
 
 import pytest

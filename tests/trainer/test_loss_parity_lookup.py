@@ -3,6 +3,9 @@
 A lookup-table model (tests/support/lookup_lm.py) makes the logits parameters; the step runs
 through Megatron's real no-pipelining schedule, DDP and finalize_model_grads on gloo ranks, and
 is compared with the single-process fp64 reference (tests/support/reference.py).
+
+Multi-rank tests assert inside each rank's worker (``_..._worker``); ``run_distributed``
+re-raises the first failing rank's error in the test.
 """
 
 import pytest

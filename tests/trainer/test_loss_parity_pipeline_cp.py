@@ -1,6 +1,10 @@
 """Pipeline x context parallel: the 1F1B schedule's p2p shapes with CP-sharded sequences, and
 loss and gradient parity against the single-process fp64 reference, through a two-stage
-attention-free model (tests/support/pipeline_lookup_lm.py)."""
+attention-free model (tests/support/pipeline_lookup_lm.py).
+
+Multi-rank tests assert inside each rank's worker (``_..._worker``); ``run_distributed``
+re-raises the first failing rank's error in the test.
+"""
 
 import torch
 

@@ -2,6 +2,9 @@
 
 One fixed batch: the old-logprob pass gives old log-probs and the step's top-20% selection,
 then 20 optimizer steps (Megatron DDP + Megatron's optimizer) push the clipped surrogate down.
+
+Multi-rank tests assert inside each rank's worker (``_..._worker``); ``run_distributed``
+re-raises the first failing rank's error in the test.
 """
 
 import torch
