@@ -44,6 +44,10 @@ class ForkingLossConfig:
     """Sampling temperature: entropy and log-probs use softmax(logits / temperature)."""
     chunk_size: int | None = None
     """Tokens per chunk of the log-prob/entropy op (bounds its memory); None = op default."""
+    vocab_size: int | None = None
+    """True vocabulary size when the model's output is padded past it for TP (Megatron pads to
+    a multiple of TP x 128): padded logits are left out of log-probs and entropy, so they match
+    the rollout engine's. None = no padding."""
 
     def __post_init__(self):
         _check_choice("strategy", self.strategy, STRATEGIES)
@@ -63,6 +67,8 @@ class ForkingLossConfig:
             )
         if not self.temperature > 0:
             raise ValueError(f"ForkingLossConfig.temperature must be > 0, got {self.temperature}.")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ValueError(f"ForkingLossConfig.vocab_size must be >= 1, got {self.vocab_size}.")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"ForkingLossConfig.chunk_size must be >= 1, got {self.chunk_size}.")
 

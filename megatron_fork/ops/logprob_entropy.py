@@ -49,22 +49,29 @@ def _local_target(target: torch.Tensor, vocab_start: int, vocab_local: int):
 
 class _VocabParallelLogprobEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, tp_group, temperature, chunk_size):
+    def forward(ctx, logits, target, tp_group, temperature, chunk_size, vocab_size):
         rows, vocab_local = logits.shape  # [N, V/TP]
         vocab_start = group_rank(tp_group) * vocab_local
-        target_local, found = _local_target(target, vocab_start, vocab_local)
+        # Columns at or past the true vocabulary size (TP padding) take no part at all.
+        width = (
+            vocab_local
+            if vocab_size is None
+            else min(max(vocab_size - vocab_start, 0), vocab_local)
+        )
+        real = logits[:, :width]  # [N, width], a view
+        target_local, found = _local_target(target, vocab_start, width)
 
         # Row maxima over the full vocabulary: local max per chunk, then one MAX all-reduce.
-        row_max = torch.empty(rows, dtype=torch.float32, device=logits.device)  # [N]
-        for rows_c in _row_chunks(rows, chunk_size):
-            row_max[rows_c] = logits[rows_c].amax(dim=-1).to(torch.float32)
+        row_max = torch.full((rows,), float("-inf"), device=logits.device)  # [N]
+        for rows_c in _row_chunks(rows, chunk_size) if width else ():
+            row_max[rows_c] = real[rows_c].amax(dim=-1).to(torch.float32)
         row_max.div_(temperature)
         all_reduce_(row_max, tp_group, op=dist.ReduceOp.MAX)
 
         # Per-row partial sums on this shard, combined by one SUM all-reduce.
         partial = torch.zeros(rows, 4, dtype=torch.float32, device=logits.device)  # [N, 4]
-        for rows_c in _row_chunks(rows, chunk_size):
-            z = _shifted_logits(logits[rows_c], row_max[rows_c], temperature)  # [c, Vl]
+        for rows_c in _row_chunks(rows, chunk_size) if width else ():
+            z = _shifted_logits(real[rows_c], row_max[rows_c], temperature)  # [c, width]
             partial[rows_c, _TARGET_Z] = z.gather(-1, target_local[rows_c, None]).squeeze(-1)
             exp_z = z.exp()
             partial[rows_c, _SUM_EXP] = exp_z.sum(dim=-1)
@@ -86,6 +93,7 @@ class _VocabParallelLogprobEntropy(torch.autograd.Function):
         )
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
+        ctx.width = width
         ctx.mark_non_differentiable(target)
         return logprob, entropy
 
@@ -97,10 +105,13 @@ class _VocabParallelLogprobEntropy(torch.autograd.Function):
         grad_logprob = grad_logprob.to(torch.float32) * has_target  # [N]
         grad_entropy = grad_entropy.to(torch.float32)  # [N]
         grad_logits = torch.empty_like(logits)  # [N, V/TP]
+        width = ctx.width
+        grad_logits[:, width:] = 0  # padded vocabulary columns
+        real, grad_real = logits[:, :width], grad_logits[:, :width]
         in_place = logits.dtype == torch.float32  # work inside grad_logits: no chunk copy
-        for rows_c in _row_chunks(logits.shape[0], ctx.chunk_size):
-            out = grad_logits[rows_c] if in_place else None
-            log_p = _shifted_logits(logits[rows_c], row_lse[rows_c], temperature, out)  # [c, Vl]
+        for rows_c in _row_chunks(logits.shape[0], ctx.chunk_size) if width else ():
+            out = grad_real[rows_c] if in_place else None
+            log_p = _shifted_logits(real[rows_c], row_lse[rows_c], temperature, out)  # [c, w]
             p = log_p.exp()
             # -p * (g_H * log p + g_lp + g_H * H), built in log_p's buffer in two passes.
             g_h = grad_entropy[rows_c, None]  # [c, 1]
@@ -113,12 +124,12 @@ class _VocabParallelLogprobEntropy(torch.autograd.Function):
             if temperature != 1.0:
                 grad.div_(temperature)
             if not in_place:
-                grad_logits[rows_c] = grad
+                grad_real[rows_c] = grad
             del log_p, grad
-        return grad_logits, None, None, None, None
+        return grad_logits, None, None, None, None, None
 
 
-def _check_inputs(logits, target, temperature, chunk_size):
+def _check_inputs(logits, target, temperature, chunk_size, vocab_size):
     if logits.dim() < 1 or logits.shape[:-1] != target.shape:
         raise ValueError(
             f"logits {tuple(logits.shape)} must be [..., V/TP] over target {tuple(target.shape)}: "
@@ -134,6 +145,8 @@ def _check_inputs(logits, target, temperature, chunk_size):
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
+    if vocab_size is not None and vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1 or None, got {vocab_size}.")
 
 
 def vocab_parallel_logprob_entropy(
@@ -142,6 +155,7 @@ def vocab_parallel_logprob_entropy(
     tp_group=None,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 (logprob of ``target``, entropy) per token from vocab-parallel ``logits``.
 
@@ -152,14 +166,22 @@ def vocab_parallel_logprob_entropy(
         tp_group: the tensor-parallel group the vocabulary is split over; None = not split.
         temperature: p = softmax(logits / temperature).
         chunk_size: tokens per chunk (bounds the extra memory); None = ``DEFAULT_CHUNK_SIZE``.
+        vocab_size: the true vocabulary size when the logits are padded past it (Megatron pads
+            the vocabulary to a multiple of TP x 128): padded columns are left out of the
+            softmax and get zero gradient. None = every column is a real token.
     Returns:
         (logprob [...], entropy [...]), fp32, identical on every TP rank.
     """
-    _check_inputs(logits, target, temperature, chunk_size)
+    _check_inputs(logits, target, temperature, chunk_size, vocab_size)
     lead_shape = target.shape
     flat_logits = logits.reshape(-1, logits.shape[-1])  # [N, V/TP]
     flat_target = target.reshape(-1).to(torch.int64)  # [N]
     logprob, entropy = _VocabParallelLogprobEntropy.apply(
-        flat_logits, flat_target, tp_group, float(temperature), chunk_size or DEFAULT_CHUNK_SIZE
+        flat_logits,
+        flat_target,
+        tp_group,
+        float(temperature),
+        chunk_size or DEFAULT_CHUNK_SIZE,
+        vocab_size,
     )
     return logprob.view(lead_shape), entropy.view(lead_shape)

@@ -51,7 +51,7 @@ class StepLossScaling:
 def _logits_to_logprob_entropy(logits, batch, config, groups):
     """[b, s, V/TP] logits -> fp32 (logprob, entropy) [b, s] over the TP group."""
     return vocab_parallel_logprob_entropy(
-        logits, batch.target, groups.tp, config.temperature, config.chunk_size
+        logits, batch.target, groups.tp, config.temperature, config.chunk_size, config.vocab_size
     )
 
 

@@ -120,3 +120,8 @@ def test_config_is_hashable_and_compares_by_value():
     assert ForkingLossConfig(rho=0.3) == ForkingLossConfig(rho=0.3)
     assert hash(ForkingLossConfig(rho=0.3)) == hash(ForkingLossConfig(rho=0.3))
     assert ForkingLossConfig(rho=0.3) != ForkingLossConfig(rho=0.4)
+
+
+def test_vocab_size_must_be_positive():
+    with pytest.raises(ValueError, match="vocab_size"):
+        ForkingLossConfig(vocab_size=0)

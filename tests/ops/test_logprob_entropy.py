@@ -244,3 +244,16 @@ def test_non_positive_chunk_size_raises_value_error(chunk_size):
         vocab_parallel_logprob_entropy(
             torch.randn(4, 10), torch.zeros(4, dtype=torch.int64), chunk_size=chunk_size
         )
+
+
+def test_padded_vocabulary_columns_are_ignored_and_get_no_gradient():
+    logits, target, w1, w2 = _inputs([9], vocab=20, seed=8)
+    padded = torch.cat([logits, torch.full((9, 4), 50.0)], dim=1)  # TP padding to 24
+    leaf = padded.clone().requires_grad_(True)
+    lp, h = vocab_parallel_logprob_entropy(leaf, target, chunk_size=4, vocab_size=20)
+    (lp * w1.float() + h * w2.float()).sum().backward()
+    lp, h = lp.detach(), h.detach()
+    ref_lp, ref_h, ref_grad = _ref_and_grad(logits, target, w1, w2)
+    assert _rel_err(lp, ref_lp) <= TOL and _rel_err(h, ref_h) <= TOL
+    assert _rel_err(leaf.grad[:, :20], ref_grad) <= TOL
+    assert torch.equal(leaf.grad[:, 20:], torch.zeros(9, 4))
