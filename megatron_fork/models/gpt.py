@@ -1,14 +1,19 @@
 """A Megatron-Core GPTModel in the Qwen3 style: GQA, qk-layernorm, RMSNorm, SwiGLU, RoPE.
 
-Flat arguments, so configs never leak into module constructors. Uses the local layer spec (no
-Transformer Engine), which runs on the CPU backend and on GPUs.
+Flat arguments, so configs never leak into module constructors. The layer spec is Transformer
+Engine's where TE is importable and the model is not built for the CPU backend, else the local
+spec (which runs on the CPU backend and on GPUs).
 """
 
 from dataclasses import dataclass
 
 import torch
 from megatron.core.models.gpt import GPTModel
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.models.gpt.gpt_layer_specs import (
+    HAVE_TE,
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
 from megatron.core.transformer import TransformerConfig
 
 from megatron_fork.backends.cpu.config import CPU_TRANSFORMER_OVERRIDES
@@ -26,10 +31,18 @@ class GPTShape:
     num_query_groups: int = 2
     """GQA key/value heads."""
     ffn_hidden_size: int = 64
+    head_dim: int | None = None
+    """Attention head size (Megatron's kv_channels); None = hidden_size / num_attention_heads."""
     max_sequence_length: int = 64
     rotary_base: float = 1_000_000.0
     norm_epsilon: float = 1e-6
     tie_embeddings: bool = False
+
+
+def _layer_spec(use_te: bool):
+    if use_te:
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
+    return get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
 
 
 def build_gpt_model(
@@ -55,7 +68,7 @@ def build_gpt_model(
         num_attention_heads=shape.num_attention_heads,
         num_query_groups=shape.num_query_groups,
         ffn_hidden_size=shape.ffn_hidden_size,
-        kv_channels=shape.hidden_size // shape.num_attention_heads,
+        kv_channels=shape.head_dim or shape.hidden_size // shape.num_attention_heads,
         normalization="RMSNorm",
         layernorm_epsilon=shape.norm_epsilon,
         qk_layernorm=True,
@@ -74,7 +87,7 @@ def build_gpt_model(
     )
     return GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm"),
+        transformer_layer_spec=_layer_spec(use_te=HAVE_TE and not on_cpu),
         vocab_size=shape.vocab_size,
         max_sequence_length=shape.max_sequence_length,
         pre_process=pre_process,

@@ -36,7 +36,10 @@ class CpuRNGStatesTracker(mcore_random.CudaRNGStatesTracker):
     @contextlib.contextmanager
     def fork(self, name=mcore_random._MODEL_PARALLEL_RNG_TRACKER_NAME):
         if name not in self.states_:
-            raise KeyError(f"rng state {name} is not added")
+            raise KeyError(
+                f"rng state {name} is not added: call megatron.core.tensor_parallel."
+                "model_parallel_cuda_manual_seed(seed) after initialize_model_parallel."
+            )
         outer_state = torch.get_rng_state()
         torch.set_rng_state(self.states_[name])
         try:
