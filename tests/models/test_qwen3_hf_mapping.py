@@ -12,31 +12,20 @@ re-raises the first failing rank's error in the test.
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from megatron_fork.models.hf_mapping import Qwen3Layout, size_bounded_buckets
 from megatron_fork.models.qwen3 import padded_vocab_size, qwen3_shape
 from tests.support.distributed import run_distributed
 from tests.support.reference import logprob_entropy
+from tests.support.tiny_qwen3 import tiny_qwen3_config, tiny_qwen3_model
 
 VOCAB_MULTIPLE = 16
 BATCH, SEQ = 2, 12
 RTOL = 1e-5
 
 
-def _hf_config(tie: bool = False) -> Qwen3Config:
-    return Qwen3Config(
-        vocab_size=60,  # padded to 64 at TP=2 (4 padding columns on the last rank)
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,  # != hidden / heads, as in real Qwen3
-        max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tie,
-    )
+def _hf_config(tie: bool = False):
+    return tiny_qwen3_config(tie)
 
 
 def _relative_error(actual, expected):
@@ -117,8 +106,7 @@ def _mapping_worker(rank, world, tp, pp, tie, data_dir):
 
 
 def _write_hf_model(data_dir, tie):
-    torch.manual_seed(0)
-    hf_model = Qwen3ForCausalLM(_hf_config(tie)).eval()
+    hf_model = tiny_qwen3_model(seed=0, tie=tie)
     weights = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
     if tie:
         weights.pop("lm_head.weight", None)  # saved once, as HF does for tied weights

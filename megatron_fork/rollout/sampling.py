@@ -1,0 +1,38 @@
+"""Choosing the next token of one sequence from its logits: temperature, top-k, top-p, greedy,
+with a per-request generator, and the log-prob the trainer will compare against."""
+
+import torch
+
+from megatron_fork.rollout.types import GREEDY_TEMPERATURE, SamplingParams
+
+
+def _truncate(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Zero the probabilities outside top-k and outside the top-p nucleus: [V] -> [V]."""
+    sorted_probs, order = probs.sort(descending=True)
+    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
+    if top_k > 0:
+        keep[top_k:] = False
+    if top_p < 1.0:
+        before = sorted_probs.cumsum(0) - sorted_probs  # mass of the more likely tokens
+        keep &= before < top_p  # the most likely token is always kept
+    truncated = torch.zeros_like(probs)
+    truncated[order[keep]] = sorted_probs[keep]
+    return truncated
+
+
+def next_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+) -> tuple[int, float]:
+    """(token id, log softmax(logits / T)[token]) for one position's fp32 logits [V].
+
+    The log-prob is of the temperature-scaled distribution before truncation (sglang's default),
+    i.e. what the trainer computes; greedy decoding reports T = 1 log-probs.
+    """
+    logits = logits.float()
+    if params.temperature < GREEDY_TEMPERATURE:
+        token = int(logits.argmax())
+        return token, float(torch.log_softmax(logits, -1)[token])
+    log_probs = torch.log_softmax(logits / params.temperature, dim=-1)
+    probs = _truncate(log_probs.exp(), params.top_k, params.top_p)
+    token = int(torch.multinomial(probs, 1, generator=generator))
+    return token, float(log_probs[token])
