@@ -4,6 +4,7 @@ would only dilute the batch)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 import torch
 
 
