@@ -12,6 +12,7 @@ Index of patches:
   optimizer (token counter, loss scale, grad-norm buffers) -> CPU.
 - ``patch_clip_grads``: gradient clipping by total norm accepts CPU fp32 gradients.
 - ``patch_causal_mask``: the default causal attention mask built on the CPU.
+- ``patch_embedding_sync``: tied embeddings under PP > 1 synced on the CPU.
 
 Models built on this backend need a ``TransformerConfig`` without fused kernels; see
 ``megatron_fork.backends.cpu.config.CPU_TRANSFORMER_OVERRIDES``.
@@ -33,6 +34,7 @@ PATCHES: tuple[str, ...] = (
     "patch_cuda_allocations",
     "patch_clip_grads",
     "patch_causal_mask",
+    "patch_embedding_sync",
 )
 
 _undo_stack: list = []
