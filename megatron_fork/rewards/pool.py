@@ -8,12 +8,15 @@ How the limit is kept: at most ``num_workers`` tasks are in flight, so a submitt
 on an idle worker at once and its deadline is its submission time + ``time_limit_s``. When a
 task passes its deadline, all workers are killed (``ProcessPoolExecutor`` cannot kill one) and a
 fresh, warmed-up pool replaces them; the timed-out task is reported as a timeout and the other
-tasks that were in flight are re-run from the start, unpenalised. A task whose worker dies
-(segfault, OOM kill) is retried once, then reported as an error.
+tasks that were in flight are re-run from the start, unpenalised. When a worker dies (segfault,
+OOM kill) every task in flight fails with it, so none is blamed: they are re-run one at a time
+until the culprit crashes alone; a task that crashes alone is retried once, then reported as an
+error.
 
 Workers are started with "spawn" or "forkserver", never "fork" (the caller may hold threads,
-CUDA contexts or process groups), and warmed up before the first task so that start-up time
-(spawn + imports) is never charged to a task's limit.
+CUDA contexts or process groups), and every one of them is warmed up before the first task (they
+meet at a barrier after their initializer) so that start-up time (spawn + imports) is never
+charged to a task's limit.
 """
 
 import multiprocessing
@@ -43,6 +46,13 @@ class TaskOutcome:
 def _worker_ready() -> int:
     """Warm-up task: returns once the worker has started and run its initializer."""
     return os.getpid()
+
+
+def _initialize_worker(barrier, initializer, timeout_s: float) -> None:
+    """Run the caller's initializer, then wait for every other worker to be ready too."""
+    if initializer is not None:
+        initializer()
+    barrier.wait(timeout_s)
 
 
 def _kill_executor(executor: ProcessPoolExecutor) -> None:
@@ -84,11 +94,16 @@ class TimeLimitedPool:
 
     def _start_executor(self) -> ProcessPoolExecutor:
         """A new executor whose ``num_workers`` workers have all started and initialised."""
+        barrier = self._context.Barrier(self.num_workers)
         executor = ProcessPoolExecutor(
-            max_workers=self.num_workers, mp_context=self._context, initializer=self._initializer
+            max_workers=self.num_workers,
+            mp_context=self._context,
+            initializer=_initialize_worker,
+            initargs=(barrier, self._initializer, self.startup_timeout_s),
         )
         # One submit per worker: with spawn/forkserver each submit that finds no idle worker
-        # starts a new one, so this starts them all.
+        # starts a new one, so this starts them all; the barrier holds every worker until all
+        # have initialised, so no warm-up task can finish on a half-started pool.
         futures = [executor.submit(_worker_ready) for _ in range(self.num_workers)]
         done, not_done = wait(futures, timeout=self.startup_timeout_s)
         failed = [f.exception() for f in done if f.exception() is not None]
@@ -121,7 +136,8 @@ class TimeLimitedPool:
 
     def _submit_up_to_capacity(self, batch: "_Batch") -> None:
         """Hand pending tasks to idle workers; at most one task per worker is ever in flight."""
-        while batch.pending and len(batch.inflight) < self.num_workers:
+        capacity = 1 if batch.suspects else self.num_workers  # isolate after a shared crash
+        while batch.pending and len(batch.inflight) < capacity:
             index = batch.pending.popleft()
             future = self._executor.submit(batch.fn, *batch.tasks[index])
             batch.inflight[future] = (index, time.monotonic() + self.time_limit_s)
@@ -138,9 +154,10 @@ class TimeLimitedPool:
             return_when=FIRST_COMPLETED,
         )
         restart = False
+        alone = len(batch.inflight) == 1
         for future in [f for f in batch.inflight if f.done()]:
             index, _ = batch.inflight.pop(future)
-            restart |= batch.record(index, future)
+            restart |= batch.record(index, future, alone)
         now = time.monotonic()
         for future in [f for f, (_, deadline) in batch.inflight.items() if deadline <= now]:
             index, _ = batch.inflight.pop(future)
@@ -176,17 +193,26 @@ class _Batch:
         self.inflight: dict[Future, tuple[int, float]] = {}
         """future -> (task index, deadline on the monotonic clock)."""
         self.crashes = [0] * len(tasks)
+        self.suspects: set[int] = set()
+        """Tasks in flight during a crash that was not theirs alone: re-run one at a time."""
 
-    def record(self, index: int, future: Future) -> bool:
-        """Store a finished future's outcome; True if its worker died (the pool is broken)."""
+    def record(self, index: int, future: Future, alone: bool) -> bool:
+        """Store a finished future's outcome; True if its worker died (the pool is broken).
+        A crash counts against the task only when it was ``alone`` in flight."""
         error = future.exception()
         if isinstance(error, BrokenProcessPool):
+            if not alone:
+                self.suspects.add(index)
+                self.pending.appendleft(index)
+                return True
             self.crashes[index] += 1
             if self.crashes[index] > MAX_CRASH_RETRIES:
                 self.outcomes[index] = TaskOutcome("error", error=f"worker died: {error}")
+                self.suspects.discard(index)
             else:
                 self.pending.appendleft(index)
             return True
+        self.suspects.discard(index)
         if error is not None:
             self.outcomes[index] = TaskOutcome("error", error=f"{type(error).__name__}: {error}")
         else:
