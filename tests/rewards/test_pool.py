@@ -16,7 +16,9 @@ def _slow_initializer(marker_dir: str) -> None:
 
 def _echo_or_die(value: str) -> str:
     if value == "die":
+        time.sleep(0.1)  # the others are still running when this worker dies
         os._exit(1)
+    time.sleep(0.5)
     return value
 
 
