@@ -6,8 +6,8 @@ here and never reach the parser; everything else (including non-objects) is pass
 
 Formats, chosen by suffix:
 - ``.jsonl`` / ``.ndjson``: one JSON value per line; blank lines are counted, not rows.
-- ``.json``: a JSON array of rows; a file that is not one array is read as JSONL (many
-  "``.json``" exports are really JSON lines).
+- ``.json``: a JSON array of rows (a broken array raises ``DataFileError``); a file not
+  starting with ``[`` is read as JSONL (many "``.json``" exports are really JSON lines).
 - ``.parquet``: read with pyarrow in batches (nested columns come back as lists and dicts).
 """
 
@@ -66,11 +66,22 @@ def _jsonl_records(path: Path, report: LoadReport) -> Iterator[Record]:
 
 
 def _json_records(path: Path, report: LoadReport) -> Iterator[Record]:
-    """A JSON array of rows; anything else is read as JSON lines."""
+    """A JSON array of rows; a file that does not start with ``[`` is read as JSON lines. A
+    broken array is one broken document (its rows cannot be told apart): it raises."""
     try:
-        value = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        value = None
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = ""  # JSON lines read line by line count each undecodable line instead
+    if not text.lstrip().startswith("["):
+        yield from _jsonl_records(path, report)
+        return
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataFileError(
+            f"{path}: a JSON array that does not parse (line {e.lineno}, column {e.colno}: "
+            f"{e.msg}); fix it or convert the file to JSON lines"
+        ) from e
     if not isinstance(value, list):
         yield from _jsonl_records(path, report)
         return

@@ -151,3 +151,10 @@ def test_last_boxed():
     assert last_boxed("a \\boxed{1} then \\boxed{\\frac{2}{3}}.") == "\\frac{2}{3}"
     assert last_boxed("no box") is None
     assert last_boxed("\\boxed{unclosed") is None
+
+
+def test_broken_json_array_is_a_file_error_naming_the_position(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text('[\n  {"problem": "1+1", "answer": "2"},\n  {"problem": "2+2",}\n]\n')
+    with pytest.raises(DataFileError, match=r"rows\.json.*line 3"):
+        load_aime(path)
