@@ -155,7 +155,8 @@ def iter_hf_weights(
 
     Every TP rank of the stage must iterate (each parameter is one all-gather); all of them get
     the same tensors. A tied output layer on the last stage is skipped (HF has only the
-    embedding).
+    embedding). Unsplit parameters (TP=1, norms) come out as views of the live weights: a
+    consumer that keeps a tensor past the next optimizer step must copy it.
     """
     for name, param in _local_parameters(model):
         if name == "output_layer.weight" and layout.tie_embeddings:

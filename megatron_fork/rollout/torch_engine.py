@@ -37,6 +37,7 @@ class TorchRolloutEngine:
         self.pad_token_id = pad_token_id
         self.seed = seed
         self._version = 0
+        self._calls = 0  # generate() calls so far: requests without a seed draw anew each call
         self._params = dict(model.named_parameters())
         # transformers 5.x names the KV cache argument "cache"; 4.x "past_key_values".
         forward_args = inspect.signature(model.forward).parameters
@@ -49,8 +50,10 @@ class TorchRolloutEngine:
     def update_weights(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None
     ) -> None:
-        """Copy HF-named tensors into the model (any subset, e.g. one bucket); then the version
-        becomes ``version`` (or the next one). An unknown name or shape raises, naming it."""
+        """Copy HF-named tensors into the model (any subset, e.g. one bucket of a sync). The
+        version changes only when ``version`` is given: pass it with the last bucket, so a
+        partly applied sync never reports itself as the new weights (as sglang's
+        ``weight_version``). An unknown name or shape raises, naming it."""
         with torch.no_grad():
             for name, tensor in named_tensors:
                 param = self._params.get(name)
@@ -61,7 +64,8 @@ class TorchRolloutEngine:
                         f"{name}: got {tuple(tensor.shape)}, the model has {tuple(param.shape)}"
                     )
                 param.copy_(tensor)
-        self._version = self._version + 1 if version is None else version
+        if version is not None:
+            self._version = version
 
     def generate(self, requests: list[GenerationRequest]) -> list[Sample]:
         """One sample per request, in order."""
@@ -72,11 +76,15 @@ class TorchRolloutEngine:
         for start in range(0, len(requests), self.max_batch_size):
             batch = requests[start : start + self.max_batch_size]
             samples.extend(self._generate_batch(batch, first_index=start))
+        self._calls += 1
         return samples
 
     def _generator(self, request: GenerationRequest, index: int) -> torch.Generator:
+        """The request's own seed, else one from (engine seed, call number, position)."""
         seed = request.sampling.seed
-        return torch.Generator().manual_seed(self.seed + index if seed is None else seed)
+        if seed is None:
+            seed = hash((self.seed, self._calls, index)) % 2**63
+        return torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def _generate_batch(self, requests, first_index: int) -> list[Sample]:

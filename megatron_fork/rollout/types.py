@@ -24,7 +24,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     """Generation stops after emitting one of these (it is kept in ``output_ids``)."""
     seed: int | None = None
-    """Per-request seed: the same request and seed give the same sample. None = engine's."""
+    """Per-request seed: the same request and seed give the same sample. None = a fresh draw
+    on every call (the trainer sets seeds from step, prompt and sample index for replays)."""
 
     def __post_init__(self):
         if not self.temperature >= 0:

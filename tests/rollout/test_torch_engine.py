@@ -65,6 +65,14 @@ def test_seeds_reproduce_and_differ(model):
     assert [s.output_ids for s in first] != [s.output_ids for s in other]
 
 
+def test_requests_without_a_seed_draw_anew_on_every_call(model):
+    engine = TorchRolloutEngine(model)
+    unseeded = [GenerationRequest((5, 7), SamplingParams(max_new_tokens=12))] * 3
+    first, second = engine.generate(unseeded), engine.generate(unseeded)
+    assert len({s.output_ids for s in first}) > 1  # rows differ within a call
+    assert [s.output_ids for s in first] != [s.output_ids for s in second]  # and across calls
+
+
 def test_top_k_one_and_tiny_top_p_are_greedy(model):
     engine = TorchRolloutEngine(model)
     greedy = engine.generate(_requests(dict(temperature=0.0, max_new_tokens=5)))
@@ -94,9 +102,11 @@ def test_truncation_keeps_top_k_and_the_top_p_nucleus():
 def test_weight_updates_and_versions(model):
     engine = TorchRolloutEngine(tiny_qwen3_model(seed=4))
     assert engine.version == 0
-    engine.update_weights(model.state_dict().items())  # every tensor, HF names
-    assert engine.version == 1
-    engine.update_weights([], version=7)
+    tensors = list(model.state_dict().items())  # every tensor, HF names, in three buckets
+    engine.update_weights(tensors[:5])
+    engine.update_weights(tensors[5:10])
+    assert engine.version == 0  # a partly applied sync is not a new version
+    engine.update_weights(tensors[10:], version=7)
     assert engine.version == 7
     (sample,) = engine.generate(_requests(dict(temperature=0.0, max_new_tokens=3))[:1])
     assert sample.weight_version == 7
