@@ -21,6 +21,7 @@ from megatron_fork.trainer.forward_step import (
 )
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch
+from megatron_fork.trainer.schedule import schedule_args
 from megatron_fork.trainer.step_tokens import select_step_tokens, step_normalizer
 
 
@@ -49,18 +50,6 @@ def step_seed(seed: int, step_index: int) -> int:
     return (seed * 0x9E3779B1 + step_index) % 2**32
 
 
-def _schedule_args(model, shards, groups: LossGroups):
-    if not shards:
-        raise ValueError("no micro-batches: an optimizer step needs at least one.")
-    return dict(
-        model=[model],
-        num_microbatches=len(shards),
-        # Megatron wants the full sequence length and divides by CP itself.
-        seq_length=shards[0].tokens.shape[1] * groups.cp_size,
-        micro_batch_size=shards[0].tokens.shape[0],
-    )
-
-
 def old_logprob_pass(
     model, shards: list[PolicyMicroBatch], config: ForkingLossConfig, groups: LossGroups
 ) -> list[LogprobEntropy] | None:
@@ -70,7 +59,7 @@ def old_logprob_pass(
         forward_step_func=make_logprob_forward_step(config, groups),
         data_iterator=iter(shards),
         forward_only=True,
-        **_schedule_args(model, shards, groups),
+        **schedule_args(model, shards, groups),
     )
     if not ps.is_pipeline_last_stage():
         return None
@@ -109,6 +98,6 @@ def forward_backward_step(model, step: PreparedStep, groups: LossGroups) -> list
         forward_step_func=make_forking_forward_step(step.config, groups, step.scaling),
         data_iterator=iter(step.shards),
         forward_only=False,
-        **_schedule_args(model, step.shards, groups),
+        **schedule_args(model, step.shards, groups),
     )
     return outputs if ps.is_pipeline_last_stage() else None

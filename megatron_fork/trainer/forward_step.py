@@ -105,12 +105,19 @@ def forking_loss_func(
         normalizer=1.0 if scaling.per_token else scaling.normalizer,
         ref_logprob=batch.ref_logprob,
     )
+    local_count = local_normalizer_count(batch.valid_mask, selected, config)
+    return megatron_loss_output(loss, local_count, metrics, scaling, groups)
+
+
+def megatron_loss_output(loss, local_count, metrics, scaling: StepLossScaling, groups):
+    """What a loss function hands Megatron's schedule under the step's contract (module
+    docstring): ``loss`` is this rank's sum over the global normaliser (``normalizer`` of the
+    scaling; 1 in per-token mode), ``local_count`` this rank's normaliser tokens."""
     # Summed over micro-batches, "loss" is the step's loss (per-token mode: before dividing by
     # the step's token count, which only finalize_model_grads knows).
     metrics["loss"] = all_reduce_(loss.detach().clone().reshape(1), groups.dp_cp)[0]
     if scaling.per_token:
-        num_tokens = local_normalizer_count(batch.valid_mask, selected, config)
-        return loss, num_tokens.to(torch.int), metrics
+        return loss, local_count.to(torch.int), metrics
     return loss * (scaling.num_microbatches * groups.dp_size), metrics
 
 
