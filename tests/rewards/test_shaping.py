@@ -71,4 +71,5 @@ def test_config_rejects_bad_values(kwargs):
 
 
 def test_buffer_unchecked_when_shaping_off():
-    MathRewardConfig(overlong_shaping=False, overlong_buffer=0)
+    config = MathRewardConfig(overlong_shaping=False, overlong_buffer=0)  # accepted: unused
+    assert overlong_reward(10**9, config) == 0.0
