@@ -1,0 +1,93 @@
+"""Checkpoints in Megatron's distributed format: model and optimizer shards of every rank,
+readable at any TP/PP layout (Megatron reshards on load), plus a small JSON of trainer state.
+
+A checkpoint is written into ``step_XXXXXXXX.tmp`` and renamed to ``step_XXXXXXXX`` only when
+every rank has finished, then ``latest`` is replaced atomically: a run killed mid-save leaves the
+previous checkpoint as the latest one and no half-written directory under a final name.
+Entry scripts must guard their body with ``if __name__ == "__main__":`` (the async writer
+starts helper processes with the spawn method, which re-imports the main module).
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+LATEST_FILE = "latest"
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step_{step:08d}"
+
+
+def _is_first_rank() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _sharded_state(model, optimizer, is_loading: bool) -> dict:
+    module = getattr(model, "module", model)  # a DDP wrapper holds the model in .module
+    state = {"model": module.sharded_state_dict()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=is_loading)
+    return state
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(root, step: int, model, optimizer=None, trainer_state: dict | None = None):
+    """Collective: every rank calls it. Returns the checkpoint's directory."""
+    final = checkpoint_dir(root, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if _is_first_rank():
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
+        tmp.mkdir(parents=True)
+    _barrier()
+    dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(tmp))
+    _barrier()
+    if _is_first_rank():
+        state = {"step": step, **(trainer_state or {})}
+        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_atomically(Path(root) / LATEST_FILE, final.name)
+    _barrier()
+    return final
+
+
+def latest_checkpoint(root) -> Path | None:
+    """The directory ``latest`` names, or None when there is no complete checkpoint."""
+    pointer = Path(root) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load_checkpoint(path, model, optimizer=None) -> dict:
+    """Collective: load a checkpoint directory into this rank's model (and optimizer), at this
+    run's layout; returns the trainer state (with "step")."""
+    path = Path(path)
+    state_file = path / TRAINER_STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a complete checkpoint (no {TRAINER_STATE_FILE}); use "
+            "latest_checkpoint(root) to find the newest complete one."
+        )
+    loaded = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True), str(path))
+    getattr(model, "module", model).load_state_dict(loaded["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    return json.loads(state_file.read_text())
