@@ -55,7 +55,7 @@ def _logits_to_logprob_entropy(logits, batch, config, groups):
     )
 
 
-def _forward_step_calling(loss_func, *loss_args) -> Callable:
+def forward_step_calling(loss_func, *loss_args) -> Callable:
     """A forward step that runs the model on the next micro-batch and hands its vocab-parallel
     logits to ``loss_func(batch, *loss_args, logits)`` (called by the schedule, last stage)."""
 
@@ -131,7 +131,7 @@ def make_forking_forward_step(
     from the same shards line up with them.
     """
 
-    return _forward_step_calling(forking_loss_func, config, groups, scaling)
+    return forward_step_calling(forking_loss_func, config, groups, scaling)
 
 
 def logprob_entropy_loss_func(batch, config, groups, logits):
@@ -145,4 +145,4 @@ def make_logprob_forward_step(config: ForkingLossConfig, groups: LossGroups) -> 
     """``forward_step_func`` for the old-logprob pass (``forward_only=True``): the schedule
     returns, on the last pipeline stage, one {"logprob", "entropy"} dict per micro-batch."""
 
-    return _forward_step_calling(logprob_entropy_loss_func, config, groups)
+    return forward_step_calling(logprob_entropy_loss_func, config, groups)

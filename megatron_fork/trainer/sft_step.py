@@ -7,7 +7,6 @@ of Megatron's loss contracts (``forward_step.megatron_loss_output``).
 """
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -15,7 +14,11 @@ from megatron.core.utils import get_model_config
 
 from megatron_fork.ops import vocab_parallel_logprob_entropy
 from megatron_fork.parallel.groups import all_reduce_
-from megatron_fork.trainer.forward_step import StepLossScaling, megatron_loss_output
+from megatron_fork.trainer.forward_step import (
+    StepLossScaling,
+    forward_step_calling,
+    megatron_loss_output,
+)
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.schedule import schedule_args
 
@@ -54,15 +57,6 @@ def sft_loss_func(batch, groups, scaling, vocab_size, logits):
     return megatron_loss_output(loss, batch.loss_mask.sum(), metrics, scaling, groups)
 
 
-def _forward_step(groups, scaling, vocab_size):
-    def forward_step(data_iterator, model):
-        batch = next(data_iterator)
-        logits = model(batch.tokens, batch.position_ids, None, labels=None)  # [b, s, V/TP]
-        return logits, partial(sft_loss_func, batch, groups, scaling, vocab_size)
-
-    return forward_step
-
-
 def sft_forward_backward_step(
     model, shards: list[SFTMicroBatch], groups: LossGroups, vocab_size: int | None = None
 ) -> list[dict]:
@@ -73,7 +67,7 @@ def sft_forward_backward_step(
     normalizer = None if per_token else all_reduce_(count.to(torch.float64), groups.dp_cp)[0]
     scaling = StepLossScaling(per_token, len(shards), normalizer)
     return get_forward_backward_func()(
-        forward_step_func=_forward_step(groups, scaling, vocab_size),
+        forward_step_func=forward_step_calling(sft_loss_func, groups, scaling, vocab_size),
         data_iterator=iter(shards),
         forward_only=False,
         **schedule_args(model, shards, groups),
