@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from megatron_fork.models.hf_mapping import Qwen3Layout, size_bounded_buckets
 from megatron_fork.models.qwen3 import padded_vocab_size, qwen3_shape
 from tests.support.distributed import run_distributed
-from tests.support.reference import logprob_entropy
+from tests.support.megatron_setup import gather_vocab, init_megatron
+from tests.support.reference import logprob_entropy, relative_error
 from tests.support.tiny_qwen3 import tiny_qwen3_config, tiny_qwen3_model
 
 VOCAB_MULTIPLE = 16
@@ -28,25 +29,11 @@ def _hf_config(tie: bool = False):
     return tiny_qwen3_config(tie)
 
 
-def _relative_error(actual, expected):
-    return float((actual.double() - expected.double()).abs().max() / expected.abs().max())
-
-
-def _gather_vocab(logits, tp_group):
-    import torch.distributed as dist
-
-    shards = [torch.empty_like(logits) for _ in range(dist.get_world_size(tp_group))]
-    dist.all_gather(shards, logits.contiguous(), group=tp_group)
-    return torch.cat(shards, dim=-1)
-
-
 def _mapping_worker(rank, world, tp, pp, tie, data_dir):
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from megatron_fork.forking import ForkingLossConfig
     from megatron_fork.models.hf_mapping import iter_hf_weights, load_hf_weights_
     from megatron_fork.models.qwen3 import build_qwen3_model
@@ -54,9 +41,7 @@ def _mapping_worker(rank, world, tp, pp, tie, data_dir):
     from megatron_fork.trainer.parallel_groups import LossGroups
     from megatron_fork.trainer.policy_batch import PolicyMicroBatch
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
-    model_parallel_cuda_manual_seed(0)
+    init_megatron(tp=tp, pp=pp, seed=0)
     hf_config = _hf_config(tie)
     hf_weights = load_file(f"{data_dir}/model.safetensors")
     expected = torch.load(f"{data_dir}/expected.pt", weights_only=True)
@@ -77,9 +62,9 @@ def _mapping_worker(rank, world, tp, pp, tie, data_dir):
     tokens, target = expected["tokens"], expected["target"]
     positions = torch.arange(SEQ).expand(BATCH, SEQ)
     if pp == 1:
-        logits = _gather_vocab(model(tokens, positions, None, labels=None), tp_group)
+        logits = gather_vocab(model(tokens, positions, None, labels=None), tp_group)
         assert torch.equal(logits[..., hf_config.vocab_size :], torch.zeros_like(logits[..., 60:]))
-        error = _relative_error(logits[..., : hf_config.vocab_size], expected["logits"])
+        error = relative_error(logits[..., : hf_config.vocab_size], expected["logits"])
         assert error <= RTOL, f"logits differ from HF: relative error {error:.2e}"
     batch = PolicyMicroBatch(
         tokens=tokens,
@@ -93,8 +78,8 @@ def _mapping_worker(rank, world, tp, pp, tie, data_dir):
     config = ForkingLossConfig(vocab_size=hf_config.vocab_size)
     outputs = old_logprob_pass(model, [batch], config, LossGroups.from_parallel_state())
     if outputs is not None:  # last stage: padding is left out, so these match HF's
-        assert _relative_error(outputs[0].logprob, expected["logprob"]) <= RTOL
-        assert _relative_error(outputs[0].entropy, expected["entropy"]) <= RTOL
+        assert relative_error(outputs[0].logprob, expected["logprob"]) <= RTOL
+        assert relative_error(outputs[0].entropy, expected["entropy"]) <= RTOL
 
     # Exporting gives back every HF tensor exactly, each stage its own part.
     exported = dict(iter_hf_weights(model, layout, tp_group, offset))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from megatron_fork.ops import vocab_parallel_logprob_entropy
+from tests.support.reference import relative_error
 
 TOL = 1e-5
 """Relative error allowed for fp32 logits (outputs and gradient)."""
@@ -15,12 +16,6 @@ BF16_OUTPUT_TOL = 1e-5
 """bf16 logits, outputs: the op upcasts the bf16 values to fp32, so outputs stay fp32-accurate."""
 BF16_GRAD_TOL = 1e-2
 """bf16 logits, gradient: returned in the logits' dtype (bf16, 8 mantissa bits: eps 2**-8)."""
-
-
-def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.to(torch.float64), expected.to(torch.float64)
-    scale = expected.abs().max().clamp(min=1e-30)
-    return float((actual - expected).abs().max() / scale)
 
 
 def _reference(logits64: torch.Tensor, target: torch.Tensor, temperature: float = 1.0):
@@ -62,10 +57,10 @@ def _assert_close_to_reference(logits, target, w1, w2, tol=TOL, grad_tol=TOL, **
     ref_lp, ref_h, ref_grad = _ref_and_grad(logits, target, w1, w2, kwargs.get("temperature", 1.0))
     assert lp.dtype == torch.float32 and h.dtype == torch.float32
     assert lp.shape == target.shape and h.shape == target.shape
-    assert _rel_err(lp, ref_lp) <= tol
-    assert _rel_err(h, ref_h) <= tol
+    assert relative_error(lp, ref_lp) <= tol
+    assert relative_error(h, ref_h) <= tol
     assert grad.shape == logits.shape and grad.dtype == logits.dtype
-    assert _rel_err(grad, ref_grad) <= grad_tol
+    assert relative_error(grad, ref_grad) <= grad_tol
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1, 3, 7, 24, 1000])
@@ -121,7 +116,7 @@ def test_out_of_range_target_gives_zero_logprob_and_no_logprob_gradient(bad_id):
     assert grad_lp_only[0].abs().sum() > 0
     # Entropy is still computed (and differentiated) for those rows.
     ref_lp, ref_h, _ = _ref_and_grad(logits, target, w1, w2)
-    assert _rel_err(h[[1, 5]], ref_h[[1, 5]]) <= TOL
+    assert relative_error(h[[1, 5]], ref_h[[1, 5]]) <= TOL
 
 
 def test_int32_target_is_accepted():
@@ -167,7 +162,7 @@ def test_gradient_through_entropy_only():
     ref_leaf = logits.to(torch.float64).requires_grad_(True)
     _, ref_h = _reference(ref_leaf, target)
     (ref_h * w2).sum().backward()
-    assert _rel_err(leaf.grad, ref_leaf.grad) <= TOL
+    assert relative_error(leaf.grad, ref_leaf.grad) <= TOL
 
 
 def test_gradient_through_logprob_only():
@@ -179,7 +174,7 @@ def test_gradient_through_logprob_only():
     ref_leaf = logits.to(torch.float64).requires_grad_(True)
     ref_lp, _ = _reference(ref_leaf, target, temperature=1.3)
     (ref_lp * w1).sum().backward()
-    assert _rel_err(leaf.grad, ref_leaf.grad) <= TOL
+    assert relative_error(leaf.grad, ref_leaf.grad) <= TOL
 
 
 def test_logprob_gradient_is_onehot_minus_softmax():
@@ -190,7 +185,7 @@ def test_logprob_gradient_is_onehot_minus_softmax():
     lp.sum().backward()
     p = torch.softmax(logits.double() / 0.7, dim=-1)
     onehot = torch.nn.functional.one_hot(target, 12).double()
-    assert _rel_err(leaf.grad, (onehot - p) / 0.7) <= TOL
+    assert relative_error(leaf.grad, (onehot - p) / 0.7) <= TOL
 
 
 # ---- bad inputs --------------------------------------------------------------------------------
@@ -254,6 +249,6 @@ def test_padded_vocabulary_columns_are_ignored_and_get_no_gradient():
     (lp * w1.float() + h * w2.float()).sum().backward()
     lp, h = lp.detach(), h.detach()
     ref_lp, ref_h, ref_grad = _ref_and_grad(logits, target, w1, w2)
-    assert _rel_err(lp, ref_lp) <= TOL and _rel_err(h, ref_h) <= TOL
-    assert _rel_err(leaf.grad[:, :20], ref_grad) <= TOL
+    assert relative_error(lp, ref_lp) <= TOL and relative_error(h, ref_h) <= TOL
+    assert relative_error(leaf.grad[:, :20], ref_grad) <= TOL
     assert torch.equal(leaf.grad[:, 20:], torch.zeros(9, 4))

@@ -13,13 +13,9 @@ import torch.distributed as dist
 from megatron_fork.ops import vocab_parallel_logprob_entropy
 from tests.support.collective_counter import count_collectives
 from tests.support.distributed import run_distributed
-from tests.support.reference import logprob_entropy
+from tests.support.reference import logprob_entropy, relative_error
 
 TOKENS, VOCAB = 37, 48
-
-
-def _relative_error(actual, expected):
-    return float((actual.double() - expected).abs().max() / expected.abs().max())
 
 
 def _tp_worker(rank, world, temperature, chunk_size, vocab_size):
@@ -47,8 +43,8 @@ def _tp_worker(rank, world, temperature, chunk_size, vocab_size):
         (lp * weights[0] + h * weights[1]).sum().backward()
 
     assert lp.dtype == h.dtype == torch.float32
-    assert _relative_error(lp, ref_lp.detach()) <= 1e-5
-    assert _relative_error(h, ref_h.detach()) <= 1e-5
+    assert relative_error(lp, ref_lp.detach()) <= 1e-5
+    assert relative_error(h, ref_h.detach()) <= 1e-5
     expected_grad = reference.grad[:, rank * width : (rank + 1) * width]  # 0 on padding
     grad_error = (shard.grad.double() - expected_grad).abs().max() / reference.grad.abs().max()
     assert float(grad_error) <= 1e-5

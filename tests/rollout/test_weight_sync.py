@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from tests.support.distributed import run_distributed
+from tests.support.megatron_setup import gather_vocab, init_megatron
 from tests.support.tiny_qwen3 import tiny_qwen3_config, tiny_qwen3_model
 
 PROMPTS = torch.tensor([[3, 14, 15, 9, 26, 5], [2, 7, 1, 8, 28, 18]])
@@ -41,10 +42,8 @@ def _megatron_log_probs(model, tp_group, vocab):
     )
     if not ps.is_pipeline_last_stage():
         return None
-    shard = outputs[0]["logits"]
-    shards = [torch.empty_like(shard) for _ in range(dist.get_world_size(tp_group))]
-    dist.all_gather(shards, shard.contiguous(), group=tp_group)
-    return torch.log_softmax(torch.cat(shards, dim=-1)[..., :vocab], dim=-1)
+    logits = gather_vocab(outputs[0]["logits"], tp_group)
+    return torch.log_softmax(logits[..., :vocab], dim=-1)
 
 
 def _push_weights(model, layout, engine, version):
@@ -71,17 +70,12 @@ def _push_weights(model, layout, engine, version):
 
 def _sync_worker(rank, world, tp, pp):
     from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from megatron_fork.models.hf_mapping import Qwen3Layout
     from megatron_fork.models.qwen3 import build_qwen3_model
     from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
-    torch.manual_seed(11)
-    model_parallel_cuda_manual_seed(11)
+    init_megatron(tp=tp, pp=pp, seed=11)
     hf_config = tiny_qwen3_config()
     model = build_qwen3_model(
         hf_config,

@@ -10,6 +10,13 @@ from fractions import Fraction
 import torch
 
 
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|, in fp64 (the parity measure of the tests)."""
+    actual, expected = actual.to(torch.float64), expected.to(torch.float64)
+    scale = expected.abs().max().clamp(min=1e-30)
+    return float((actual - expected).abs().max() / scale)
+
+
 def logprob_entropy(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0):
     """[..., V] fp64 logits -> (logprob of target, entropy), plain log_softmax."""
     log_p = torch.log_softmax(logits / temperature, dim=-1)

@@ -80,7 +80,3 @@ def run_forking_step(model, cfg, step, ref, tokens, num_microbatches, micro_batc
     assert selected == float(ref["selected"].sum()), "the loss used another number of tokens"
     loss = sum(o["loss"] for o in outputs)
     return loss / ref["normalizer"] if per_token else loss
-
-
-def relative_error(actual, expected) -> float:
-    return float((actual.double() - expected.double()).abs().max() / expected.abs().max())

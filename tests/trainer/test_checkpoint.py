@@ -9,27 +9,19 @@ import pytest
 import torch
 
 from tests.support.distributed import run_distributed
+from tests.support.megatron_setup import init_megatron, wrap_ddp
 
 VOCAB, SEQ = 64, 12
 
 
 def _setup(tp, seed):
-    from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel as DDP
-    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from megatron_fork.models.gpt import GPTShape, build_gpt_model
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel(tensor_model_parallel_size=tp)
-    torch.manual_seed(seed)
-    model_parallel_cuda_manual_seed(seed)
+    init_megatron(tp=tp, seed=seed)
     model = build_gpt_model(GPTShape(vocab_size=VOCAB), tp)
-    model.config.finalize_model_grads_func = finalize_model_grads
-    ddp = DDP(model.config, DistributedDataParallelConfig(), model)
+    ddp = wrap_ddp(model)
     optimizer = get_megatron_optimizer(OptimizerConfig(lr=1e-2), [ddp])
     return model, ddp, optimizer
 

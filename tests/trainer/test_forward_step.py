@@ -81,14 +81,11 @@ def test_default_contract_needs_the_step_normaliser():
 
 
 def _prepare_worker(rank, world):
-    from megatron.core import parallel_state as ps
-
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from megatron_fork.trainer.actor_step import prepare_step
     from tests.support.lookup_lm import LookupLM, lookup_config
+    from tests.support.megatron_setup import init_megatron
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel()
+    init_megatron()
     model = LookupLM(torch.zeros(4, V), lookup_config(1, 1, per_token=False))
     groups = LossGroups.from_parallel_state()
     with pytest.raises(ValueError, match="old-logprob pass"):

@@ -12,6 +12,7 @@ import torch
 
 from megatron_fork.forking import ForkingLossConfig
 from tests.support.distributed import run_distributed
+from tests.support.megatron_setup import init_megatron, wrap_ddp
 from tests.support.step_data import make_step
 
 NUM_MICROBATCHES = 4
@@ -28,15 +29,10 @@ def _shape():
 
 def _build(tp, pp, per_token):
     from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from megatron_fork.models.gpt import build_gpt_model
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
-    torch.manual_seed(1234)  # CPU initialisation draws from the default generator
-    model_parallel_cuda_manual_seed(1234)
+    init_megatron(tp=tp, pp=pp, seed=1234)
     model = build_gpt_model(
         _shape(),
         tp,
@@ -46,14 +42,6 @@ def _build(tp, pp, per_token):
         calculate_per_token_loss=per_token,
     )
     return model
-
-
-def _wrap_ddp(model):
-    from megatron.core.distributed import DistributedDataParallel as DDP
-    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
-
-    model.config.finalize_model_grads_func = finalize_model_grads
-    return DDP(model.config, DistributedDataParallelConfig(), model)
 
 
 def _reference_worker(rank, world, cfg_fields, dp, data_path, out_path):
@@ -80,10 +68,11 @@ def _parallel_worker(rank, world, tp, pp, per_token, cfg_fields, data_path, ref_
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
     from tests.support.megatron_shards import load_full_state_dict, named_full_shards
-    from tests.support.step_runner import relative_error, run_forking_step
+    from tests.support.reference import relative_error
+    from tests.support.step_runner import run_forking_step
 
     model = _build(tp, pp, per_token)
-    ddp_model = _wrap_ddp(model)
+    ddp_model = wrap_ddp(model)
     step = torch.load(data_path, weights_only=True)
     ref = torch.load(ref_path, weights_only=True)
     tp_rank = ps.get_tensor_model_parallel_rank()

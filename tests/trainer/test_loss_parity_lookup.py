@@ -13,6 +13,7 @@ import torch
 
 from megatron_fork.forking import ForkingLossConfig
 from tests.support.distributed import run_distributed
+from tests.support.megatron_setup import init_megatron, wrap_ddp
 from tests.support.reference import reference_loss
 from tests.support.step_data import make_step
 
@@ -25,15 +26,12 @@ RTOL = 1e-5
 
 def _worker(rank, world, tp, cp, per_token, cfg_fields, data_path):
     from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel as DDP
-    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
 
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from tests.support.lookup_lm import LookupLM, lookup_config
-    from tests.support.step_runner import relative_error, run_forking_step
+    from tests.support.reference import relative_error
+    from tests.support.step_runner import run_forking_step
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
+    init_megatron(tp=tp, cp=cp)
     cfg = ForkingLossConfig(**cfg_fields)
     data = torch.load(data_path, weights_only=True)
     step, ref = data["step"], data["reference"]
@@ -41,9 +39,8 @@ def _worker(rank, world, tp, cp, per_token, cfg_fields, data_path):
     vocab_slice = slice(tp_rank * VOCAB // tp, (tp_rank + 1) * VOCAB // tp)
 
     config = lookup_config(tp, cp, per_token)
-    config.finalize_model_grads_func = finalize_model_grads
     model = LookupLM(step["logits"][:, vocab_slice].float(), config)
-    ddp_model = DDP(config, DistributedDataParallelConfig(), model)
+    ddp_model = wrap_ddp(model)
 
     loss = run_forking_step(
         ddp_model, cfg, step, ref, step["order"], NUM_MICROBATCHES, MICRO_BATCH_SIZE, per_token

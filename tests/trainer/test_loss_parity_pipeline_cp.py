@@ -10,6 +10,7 @@ import torch
 
 from megatron_fork.forking import ForkingLossConfig
 from tests.support.distributed import run_distributed
+from tests.support.megatron_setup import init_megatron, wrap_ddp
 from tests.support.reference import reference_loss
 from tests.support.step_data import make_step
 
@@ -24,28 +25,22 @@ RTOL = 1e-5
 
 def _worker(rank, world, tp, pp, cp, data_path):
     from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel as DDP
-    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
 
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from tests.support.pipeline_lookup_lm import PipelineLookupLM, pipeline_lookup_config
-    from tests.support.step_runner import relative_error, run_forking_step
+    from tests.support.reference import relative_error
+    from tests.support.step_runner import run_forking_step
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp
-    )
+    init_megatron(tp=tp, pp=pp, cp=cp)
     data = torch.load(data_path, weights_only=True)
     step, ref = data["step"], data["reference"]
     tp_rank = ps.get_tensor_model_parallel_rank()
     vocab_slice = slice(tp_rank * VOCAB // tp, (tp_rank + 1) * VOCAB // tp)
     config = pipeline_lookup_config(tp, pp, cp, HIDDEN)
-    config.finalize_model_grads_func = finalize_model_grads
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
     model = PipelineLookupLM(
         config, data["embedding"].float(), data["output"][vocab_slice].float(), first, last
     )
-    ddp_model = DDP(config, DistributedDataParallelConfig(), model)
+    ddp_model = wrap_ddp(model)
 
     cfg = ForkingLossConfig(entropy_coef=0.01)
     loss = run_forking_step(

@@ -11,6 +11,7 @@ from megatron_fork.trainer.forward_step import StepLossScaling
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.sft_step import sft_loss_func, sft_microbatch
 from tests.support.distributed import run_distributed
+from tests.support.megatron_setup import init_megatron, wrap_ddp
 
 
 def test_sft_microbatch_masks_the_completion_only():
@@ -34,23 +35,15 @@ def test_sft_loss_is_the_token_mean_nll():
 
 
 def _sft_worker(rank, world, tokenizer_dir):
-    from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel as DDP
-    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from transformers import Qwen3Config
 
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from megatron_fork.data.synthetic_task import SyntheticTaskConfig, build_splits
     from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
     from megatron_fork.models.qwen3 import build_qwen3_model
     from megatron_fork.trainer.sft_step import sft_forward_backward_step
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel(tensor_model_parallel_size=2)
-    torch.manual_seed(0)
-    model_parallel_cuda_manual_seed(0)
+    init_megatron(tp=2, seed=0)
     tokenizer = load_tokenizer(tokenizer_dir)
     ids = special_token_ids(tokenizer)
     hf_config = Qwen3Config(
@@ -64,8 +57,7 @@ def _sft_worker(rank, world, tokenizer_dir):
         max_position_embeddings=64,
     )
     model = build_qwen3_model(hf_config, 2, vocab_multiple=8)  # 23 tokens -> 32
-    model.config.finalize_model_grads_func = finalize_model_grads
-    ddp_model = DDP(model.config, DistributedDataParallelConfig(), model)
+    ddp_model = wrap_ddp(model)
     optimizer = get_megatron_optimizer(OptimizerConfig(lr=3e-3, clip_grad=1.0), [ddp_model])
 
     train = build_splits(SyntheticTaskConfig(heldout_size=100)).train[:64]

@@ -11,6 +11,7 @@ import torch
 
 from megatron_fork.forking import ForkingLossConfig
 from tests.support.distributed import run_distributed
+from tests.support.megatron_setup import init_megatron, wrap_ddp
 from tests.support.step_data import make_step
 
 STEPS = 20
@@ -20,13 +21,8 @@ SEQ_LEN = 16
 
 
 def _train_worker(rank, world, step, out_path):
-    from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel as DDP
-    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_fork.backends.cpu import enable_cpu_backend
     from megatron_fork.models.gpt import GPTShape, build_gpt_model
     from megatron_fork.trainer.actor_step import (
         forward_backward_step,
@@ -36,13 +32,9 @@ def _train_worker(rank, world, step, out_path):
     from megatron_fork.trainer.parallel_groups import LossGroups
     from megatron_fork.trainer.policy_batch import PolicyMicroBatch
 
-    enable_cpu_backend()
-    ps.initialize_model_parallel(tensor_model_parallel_size=2)
-    torch.manual_seed(0)  # CPU initialisation draws from the default generator
-    model_parallel_cuda_manual_seed(0)
+    init_megatron(tp=2, seed=0)
     model = build_gpt_model(GPTShape(vocab_size=64, hidden_size=32, num_layers=2), 2)
-    model.config.finalize_model_grads_func = finalize_model_grads
-    ddp_model = DDP(model.config, DistributedDataParallelConfig(), model)
+    ddp_model = wrap_ddp(model)
     optimizer = get_megatron_optimizer(
         OptimizerConfig(optimizer="adam", lr=1e-4, weight_decay=0.0, clip_grad=1.0), [ddp_model]
     )
