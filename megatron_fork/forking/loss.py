@@ -11,7 +11,7 @@ import torch
 
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.forking.metrics import forking_metrics
-from megatron_fork.forking.selection import check_selection_inputs, select_tokens
+from megatron_fork.forking.selection import check_selection_inputs, select_forking_tokens
 from megatron_fork.forking.surrogate import clipped_surrogate, k3_kl
 from megatron_fork.parallel.groups import all_reduce_
 
@@ -95,9 +95,9 @@ def forking_policy_loss(
         logprob, old_logprob, advantages, valid_mask, entropy, ref_logprob, selected, config
     )
     if selected is None:
-        selected = select_tokens(
+        selected = select_forking_tokens(
             entropy, valid_mask, config.rho, config.strategy, group, config.seed, order
-        ).mask
+        )
     selected = selected & valid_mask
     if normalizer is None:
         normalizer = global_normalizer(valid_mask, selected, config, group)

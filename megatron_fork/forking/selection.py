@@ -11,7 +11,6 @@ selected.
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -24,16 +23,6 @@ from megatron_fork.forking.order_statistics import (
     kth_largest,
 )
 from megatron_fork.parallel.groups import all_gather_counts, group_rank
-
-
-@dataclass(frozen=True)
-class Selection:
-    mask: torch.Tensor
-    """Bool, like entropy: the selected tokens on this rank."""
-    num_selected: int
-    """k over the whole group."""
-    num_valid: int
-    """Valid tokens over the whole group."""
 
 
 def num_to_select(rho: float, num_valid: torch.Tensor) -> torch.Tensor:
@@ -89,7 +78,7 @@ def _take_top_k(key, valid, k_of_total, tie_key, group, problems):
                 "Pass a canonical index (e.g. canonical_token_order) unique across the group."
             )
         mask |= at_threshold & (ties >= tie_pick.threshold[0])
-    return mask, int(top.total[0])
+    return mask
 
 
 def _key_top(entropy, order_fn, seed):
@@ -124,38 +113,6 @@ def check_selection_inputs(entropy, valid_mask, order=None) -> None:
         )
 
 
-def select_tokens(
-    entropy, valid_mask, rho, strategy="top", group=None, seed=0, order=None
-) -> Selection:
-    """``select_forking_tokens`` with the global counts; see there."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
-    if strategy != "all":
-        check_rho(rho)
-    check_selection_inputs(entropy, valid_mask, order)
-    entropy = entropy.detach().to(torch.float32)
-    # Data problems are counted into the first all-reduce, so every rank raises together.
-    problems = torch.stack(
-        [
-            (valid_mask & ~torch.isfinite(entropy)).sum(),
-            ((order < 0) | (order > KEY_MAX)).sum() if order is not None else valid_mask.sum() * 0,
-        ]
-    )
-    if strategy == "all":
-        k_of_total = lambda total: total
-        key, tie_key = torch.zeros_like(entropy, dtype=torch.int64), lambda: None
-    else:
-        order_fn = (lambda: order) if order is not None else lambda: default_order(entropy, group)
-        k_of_total = lambda total: num_to_select(rho, total)
-        key, tie_key = _RANKING_KEYS[strategy](entropy, order_fn, seed)
-    # One key for "all" makes every valid token tie and need == tied: all are taken.
-    mask, num_valid = _take_top_k(key, valid_mask, k_of_total, tie_key, group, problems)
-    num_selected = (
-        num_valid if strategy == "all" else int(num_to_select(rho, torch.tensor(num_valid)))
-    )
-    return Selection(mask=mask, num_selected=num_selected, num_valid=num_valid)
-
-
 def select_forking_tokens(
     entropy: torch.Tensor,
     valid_mask: torch.Tensor,
@@ -178,4 +135,25 @@ def select_forking_tokens(
         order: [...] int64 canonical index of each token in the scope, unique and < 2**32, used
             for ties and by ``random``; default: rank-major flat index over the group.
     """
-    return select_tokens(entropy, valid_mask, rho, strategy, group, seed, order).mask
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
+    if strategy != "all":
+        check_rho(rho)
+    check_selection_inputs(entropy, valid_mask, order)
+    entropy = entropy.detach().to(torch.float32)
+    # Data problems are counted into the first all-reduce, so every rank raises together.
+    problems = torch.stack(
+        [
+            (valid_mask & ~torch.isfinite(entropy)).sum(),
+            ((order < 0) | (order > KEY_MAX)).sum() if order is not None else valid_mask.sum() * 0,
+        ]
+    )
+    if strategy == "all":
+        k_of_total = lambda total: total
+        key, tie_key = torch.zeros_like(entropy, dtype=torch.int64), lambda: None
+    else:
+        order_fn = (lambda: order) if order is not None else lambda: default_order(entropy, group)
+        k_of_total = lambda total: num_to_select(rho, total)
+        key, tie_key = _RANKING_KEYS[strategy](entropy, order_fn, seed)
+    # One key for "all" makes every valid token tie and need == tied: all are taken.
+    return _take_top_k(key, valid_mask, k_of_total, tie_key, group, problems)

@@ -23,7 +23,7 @@ import torch
 
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.forking.loss import forking_policy_loss, local_normalizer_count
-from megatron_fork.forking.selection import select_tokens
+from megatron_fork.forking.selection import select_forking_tokens
 from megatron_fork.ops import vocab_parallel_logprob_entropy
 from megatron_fork.parallel.groups import all_reduce_
 from megatron_fork.trainer.parallel_groups import LossGroups
@@ -84,7 +84,7 @@ def forking_loss_func(
                 "scope global_step needs the step's selection on every micro-batch "
                 "(prepare_step sets it from the old-logprob pass); none was given."
             )
-        selected = select_tokens(
+        selected = select_forking_tokens(
             entropy,
             batch.valid_mask,
             config.rho,
@@ -92,7 +92,7 @@ def forking_loss_func(
             scope_group,
             config.seed,
             batch.token_order,
-        ).mask
+        )
     loss, metrics = forking_policy_loss(
         logprob,
         batch.old_logprob,

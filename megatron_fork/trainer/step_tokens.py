@@ -7,7 +7,7 @@ All functions take the CP-sharded micro-batches of this rank and its ``LossGroup
 import torch
 
 from megatron_fork.forking.config import ForkingLossConfig
-from megatron_fork.forking.selection import num_to_select, select_tokens
+from megatron_fork.forking.selection import num_to_select, select_forking_tokens
 from megatron_fork.parallel.groups import all_reduce_, group_rank
 from megatron_fork.trainer.parallel_groups import LossGroups
 
@@ -43,7 +43,7 @@ def select_step_tokens(
     """Scope ``global_step``: one selection over every token of the step, from the old-logprob
     pass's ``entropies`` ([b, s] per micro-batch); returns the [b, s] mask of each micro-batch."""
     flat = lambda tensors: torch.cat([t.flatten() for t in tensors])
-    selection = select_tokens(
+    mask = select_forking_tokens(
         flat(entropies),
         flat([mb.valid_mask for mb in microbatches]),
         config.rho,
@@ -53,5 +53,5 @@ def select_step_tokens(
         flat([mb.token_order for mb in microbatches]),
     )
     sizes = [mb.valid_mask.numel() for mb in microbatches]
-    pieces = selection.mask.split(sizes)
+    pieces = mask.split(sizes)
     return [p.view_as(mb.valid_mask) for p, mb in zip(pieces, microbatches, strict=True)]

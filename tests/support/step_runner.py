@@ -9,7 +9,7 @@ layout, equals the reference's on every micro-batch.
 import torch
 from megatron.core import parallel_state as ps
 
-from megatron_fork.forking.selection import select_tokens
+from megatron_fork.forking.selection import select_forking_tokens
 from megatron_fork.trainer.actor_step import (
     PreparedStep,
     forward_backward_step,
@@ -48,9 +48,9 @@ def _selection_used(step: PreparedStep, entropies, groups):
         return [mb.selected for mb in step.shards]
     cfg, scope_group = step.config, groups.scope_group(step.config.scope)
     return [
-        select_tokens(
+        select_forking_tokens(
             h, mb.valid_mask, cfg.rho, cfg.strategy, scope_group, cfg.seed, mb.token_order
-        ).mask
+        )
         for h, mb in zip(entropies, step.shards, strict=True)
     ]
 
