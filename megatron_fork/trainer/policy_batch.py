@@ -86,3 +86,20 @@ def canonical_token_order(sample_index: torch.Tensor, seq_len: int) -> torch.Ten
     """[b, s] int64: sample_index[b] * seq_len + position, a layout-free index of each token."""
     positions = torch.arange(seq_len, device=sample_index.device)
     return sample_index.to(torch.int64).unsqueeze(-1) * seq_len + positions  # [b, s]
+
+
+def next_token_row(prompt_ids, completion_ids, seq_len: int, pad_id: int, name: str):
+    """One right-padded row for next-token training: ([seq_len + 1] ids, [seq_len] bool mask of
+    the positions whose target is a completion token, i.e. positions P - 1 .. P + C - 2).
+    Inputs are ids[:-1], targets ids[1:]. ``name`` identifies the row in the error."""
+    ids = list(prompt_ids) + list(completion_ids)
+    if len(ids) > seq_len + 1:
+        raise ValueError(
+            f"{name} has {len(ids)} tokens, more than seq_len + 1 = {seq_len + 1}: raise "
+            "seq_len to the longest prompt + completion."
+        )
+    tokens = torch.full((seq_len + 1,), pad_id, dtype=torch.long)
+    tokens[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+    mask = torch.zeros(seq_len, dtype=torch.bool)
+    mask[max(len(prompt_ids) - 1, 0) : len(ids) - 1] = True  # no prompt: the first id is input only
+    return tokens, mask

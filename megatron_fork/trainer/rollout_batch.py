@@ -11,29 +11,24 @@ to ``seq_len``. The order of a token (for ties and the random strategy) is
 import torch
 
 from megatron_fork.rollout.types import Sample
-from megatron_fork.trainer.policy_batch import PolicyMicroBatch, canonical_token_order
+from megatron_fork.trainer.policy_batch import (
+    PolicyMicroBatch,
+    canonical_token_order,
+    next_token_row,
+)
 
 
 def _row(sample: Sample, seq_len: int, pad_id: int):
-    ids = list(sample.prompt_ids) + list(sample.output_ids)
-    if len(ids) - 1 > seq_len:
-        raise ValueError(
-            f"sample {sample.request_id!r} has {len(ids)} tokens, more than seq_len + 1 = "
-            f"{seq_len + 1}: raise seq_len to max prompt + max_new_tokens."
-        )
     if len(sample.output_logprobs) != len(sample.output_ids):
         raise ValueError(
             f"sample {sample.request_id!r}: {len(sample.output_logprobs)} log-probs for "
             f"{len(sample.output_ids)} generated tokens"
         )
-    tokens = torch.full((seq_len + 1,), pad_id, dtype=torch.long)
-    tokens[: len(ids)] = torch.tensor(ids, dtype=torch.long)
-    first = len(sample.prompt_ids) - 1  # position whose target is the first response token
-    response = slice(first, first + len(sample.output_ids))
-    valid = torch.zeros(seq_len, dtype=torch.bool)
-    valid[response] = True
+    tokens, valid = next_token_row(
+        sample.prompt_ids, sample.output_ids, seq_len, pad_id, f"sample {sample.request_id!r}"
+    )
     logprob = torch.zeros(seq_len)
-    logprob[response] = torch.tensor(sample.output_logprobs, dtype=torch.float32)
+    logprob[valid] = torch.tensor(sample.output_logprobs, dtype=torch.float32)
     return tokens, valid, logprob
 
 

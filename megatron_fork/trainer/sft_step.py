@@ -20,6 +20,7 @@ from megatron_fork.trainer.forward_step import (
     megatron_loss_output,
 )
 from megatron_fork.trainer.parallel_groups import LossGroups
+from megatron_fork.trainer.policy_batch import next_token_row
 from megatron_fork.trainer.schedule import schedule_args
 
 
@@ -79,18 +80,14 @@ def sft_microbatch(
 ) -> SFTMicroBatch:
     """Right-padded [b, seq_len] micro-batch from (prompt ids, completion ids) pairs; the loss
     covers the completion's tokens (each predicted from the tokens before it)."""
-    b = len(pairs)
-    tokens = torch.full((b, seq_len + 1), pad_id, dtype=torch.long)
-    trained = torch.zeros((b, seq_len + 1), dtype=torch.bool)
-    for row, (prompt, completion) in enumerate(pairs):
-        ids = list(prompt) + list(completion)
-        if len(ids) > seq_len + 1:
-            raise ValueError(f"example {row} has {len(ids)} tokens, more than {seq_len + 1}")
-        tokens[row, : len(ids)] = torch.tensor(ids)
-        trained[row, len(prompt) : len(ids)] = True
+    rows = [
+        next_token_row(prompt, completion, seq_len, pad_id, f"example {i}")
+        for i, (prompt, completion) in enumerate(pairs)
+    ]
+    tokens = torch.stack([ids for ids, _ in rows])  # [b, seq_len + 1]
     return SFTMicroBatch(
         tokens=tokens[:, :-1],
-        position_ids=torch.arange(seq_len).expand(b, seq_len),
+        position_ids=torch.arange(seq_len).expand(len(rows), seq_len),
         target=tokens[:, 1:],
-        loss_mask=trained[:, 1:],
+        loss_mask=torch.stack([mask for _, mask in rows]),
     )
