@@ -91,3 +91,15 @@ def load_checkpoint(path, model, optimizer=None) -> dict:
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     return json.loads(state_file.read_text())
+
+
+def prune_checkpoints(root, keep: int) -> None:
+    """Remove all but the newest ``keep`` complete checkpoints (rank 0 only; call after a
+    save). The one ``latest`` names is never removed."""
+    if not _is_first_rank():
+        return
+    latest = latest_checkpoint(root)
+    complete = sorted(p for p in Path(root).glob("step_*") if p.suffix != ".tmp" and p.is_dir())
+    for path in complete[:-keep]:
+        if path != latest:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""The actor: process groups, a Megatron Qwen3 loaded from a Hugging Face directory, Megatron
+DDP and Megatron's optimizer. Shared by the RL loop and the supervised warm start.
+
+``init_parallel`` joins torchrun's process group when launched by it (``RANK`` in the
+environment), else makes a one-process gloo group, so the same entry point runs on a laptop
+and under torchrun/Slurm. On a machine without CUDA it enables the CPU backend.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+from safetensors.torch import load_file
+from transformers import Qwen3Config
+
+from megatron_fork.models.hf_directory import HF_WEIGHTS_FILE
+from megatron_fork.models.hf_mapping import Qwen3Layout, load_hf_weights_
+from megatron_fork.models.qwen3 import build_qwen3_model
+from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+
+
+def init_parallel(parallel: ParallelConfig, seed: int) -> None:
+    """Process group (torchrun's, or one gloo process), Megatron parallel state and seeds."""
+    if not dist.is_initialized():
+        if "RANK" in os.environ:
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        else:
+            store = dist.HashStore()
+            dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    if not torch.cuda.is_available():
+        from megatron_fork.backends.cpu import enable_cpu_backend
+
+        enable_cpu_backend()
+    world = dist.get_world_size()
+    model_parallel = parallel.tensor_parallel * parallel.pipeline_parallel
+    if world % model_parallel:
+        raise ValueError(
+            f"{world} processes cannot hold TP={parallel.tensor_parallel} x "
+            f"PP={parallel.pipeline_parallel}: launch a multiple of {model_parallel} processes"
+        )
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor_parallel,
+        pipeline_model_parallel_size=parallel.pipeline_parallel,
+    )
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown_parallel(destroy_process_group: bool = True) -> None:
+    """Undo ``init_parallel`` (the process group only when this run created it)."""
+    ps.destroy_model_parallel()
+    if destroy_process_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def read_hf_config(model_dir: str | Path) -> Qwen3Config:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
+    config = Qwen3Config.from_dict(json.loads(path.read_text()))
+    if config.model_type != "qwen3":
+        raise ValueError(f"{path}: model_type is {config.model_type!r}, this recipe maps qwen3")
+    return config
+
+
+def read_hf_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(model_dir) / HF_WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights (one {HF_WEIGHTS_FILE} file is read)")
+    return load_file(str(path))
+
+
+@dataclass
+class Actor:
+    """This rank's model (DDP-wrapped), optimizer and the layout the mapping needs."""
+
+    model: DistributedDataParallel
+    optimizer: object
+    hf_config: Qwen3Config
+    layout: Qwen3Layout
+
+    @property
+    def vocab_size(self) -> int:
+        """The true (unpadded) vocabulary: the loss and sampling ignore TP padding."""
+        return self.hf_config.vocab_size
+
+
+def build_actor(
+    model_dir: str | Path,
+    parallel: ParallelConfig,
+    optim: OptimizerSettings,
+    load_weights: bool = True,
+) -> Actor:
+    """Megatron Qwen3 for ``model_dir``'s config, with its HF weights, in Megatron DDP, plus
+    Megatron's Adam. ``load_weights=False`` keeps the random initialisation (a run that will
+    load a checkpoint)."""
+    hf_config = read_hf_config(model_dir)
+    on_cpu = not torch.cuda.is_available()
+    model = build_qwen3_model(
+        hf_config,
+        parallel.tensor_parallel,
+        parallel.pipeline_parallel,
+        vocab_multiple=parallel.vocab_multiple,
+        on_cpu=on_cpu,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
+    )
+    if not on_cpu:
+        model.cuda()
+    layout = Qwen3Layout.from_hf_config(hf_config)
+    if load_weights:
+        load_hf_weights_(
+            model,
+            read_hf_weights(model_dir),
+            layout,
+            ps.get_tensor_model_parallel_rank(),
+            parallel.tensor_parallel,
+            get_transformer_layer_offset(model.config),
+        )
+    model.config.finalize_model_grads_func = finalize_model_grads
+    ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=optim.lr,
+            weight_decay=optim.weight_decay,
+            clip_grad=optim.clip_grad,
+            adam_beta1=optim.adam_beta1,
+            adam_beta2=optim.adam_beta2,
+            adam_eps=optim.adam_eps,
+        ),
+        [ddp],
+    )
+    return Actor(model=ddp, optimizer=optimizer, hf_config=hf_config, layout=layout)
+
+
+def optimizer_step(actor: Actor) -> dict:
+    """One optimizer step after a forward/backward; the grad norm and whether it applied."""
+    applied, grad_norm, _ = actor.optimizer.step()
+    return {"optim/grad_norm": float(grad_norm or 0.0), "optim/skipped": float(not applied)}
+
+
+def zero_grads(actor: Actor) -> None:
+    actor.model.zero_grad_buffer()
+    actor.optimizer.zero_grad()

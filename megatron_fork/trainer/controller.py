@@ -1,0 +1,97 @@
+"""Rank 0's side of an RL run: the prompt sets, the rollout engine, the reward, evaluation and
+the metrics log. The other ranks only train; they receive each step's samples from here.
+"""
+
+import torch
+from transformers import Qwen3ForCausalLM
+
+from megatron_fork.data.prompt_sets import load_prompt_sets
+from megatron_fork.data.prompt_stream import PromptStream
+from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
+from megatron_fork.rewards.scorer import MathRewardScorer
+from megatron_fork.rollout.torch_engine import TorchRolloutEngine
+from megatron_fork.rollout.types import SamplingParams
+from megatron_fork.trainer.metrics_log import MetricsLog
+from megatron_fork.trainer.rl_config import RLConfig
+from megatron_fork.trainer.rollout_phase import (
+    GroupSampler,
+    RolloutBatch,
+    collect_rollout_batch,
+    evaluate_avg_at_k,
+)
+
+
+def rollout_sampling(config: RLConfig) -> SamplingParams:
+    r = config.rollout
+    return SamplingParams(
+        temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens
+    )
+
+
+def eval_sampling(config: RLConfig) -> SamplingParams:
+    return SamplingParams(
+        temperature=config.eval.temperature,
+        top_p=config.eval.top_p,
+        max_new_tokens=config.rollout.max_new_tokens,
+    )
+
+
+def data_metrics(reports) -> dict:
+    """Rows read/kept/skipped of every data file, for the log."""
+    metrics = {}
+    for i, report in enumerate(reports):
+        metrics[f"data/{i}/rows_read"] = report.rows_read
+        metrics[f"data/{i}/rows_kept"] = report.rows_kept
+        metrics[f"data/{i}/rows_skipped"] = report.rows_skipped
+    return metrics
+
+
+class Controller:
+    def __init__(self, config: RLConfig, hf_config, prompt_cursor: int, resume_step: int):
+        self.config = config
+        self.tokenizer = load_tokenizer(config.base_model)
+        ids = special_token_ids(self.tokenizer)
+        self.pad_id, self.eos_id = ids.pad, ids.eos
+        sets = load_prompt_sets(config.data)
+        for report in sets.reports:
+            print(report.summary(), flush=True)
+        self.data_metrics = data_metrics(sets.reports)
+        self.stream = PromptStream(sets.train, config.seed, prompt_cursor)
+        limit = config.eval.max_prompts
+        self.eval_set = sets.eval[:limit] if limit else sets.eval
+        engine_model = Qwen3ForCausalLM(hf_config).to(torch.float32)  # weights come by sync
+        self.engine = TorchRolloutEngine(
+            engine_model, config.rollout.engine_batch_size, self.pad_id, config.seed
+        )
+        self.scorer = MathRewardScorer(config.reward)
+        self.sampler = GroupSampler(self.engine, self.tokenizer, self.scorer, self.eos_id)
+        self.log = MetricsLog(config.output_dir, config.tensorboard, resume_step)
+
+    def rollout(self, step: int) -> RolloutBatch:
+        c = self.config
+        return collect_rollout_batch(
+            self.sampler,
+            self.stream,
+            step,
+            c.seed,
+            c.rollout.prompts_per_step,
+            c.rollout.prompts_per_round,
+            c.rollout.samples_per_prompt,
+            rollout_sampling(c),
+            c.dynamic_sampling,
+            c.advantage,
+        )
+
+    def evaluate(self, on_progress=None) -> dict:
+        return evaluate_avg_at_k(
+            self.sampler,
+            self.eval_set,
+            self.config.eval.samples_per_prompt,
+            eval_sampling(self.config),
+            self.config.eval.seed,
+            on_progress=on_progress,
+        )
+
+    def close(self) -> None:
+        self.scorer.close()
+        self.log.close()

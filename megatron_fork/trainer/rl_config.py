@@ -1,0 +1,134 @@
+"""The RL run's configuration: one frozen dataclass per component, composed into ``RLConfig``.
+
+Field names are the override keys (``recipes`` and the CLI map ``section.field=value`` onto
+them one to one). Defaults are the paper's recipe where it has one (PAPER.md, "Training
+recipe"), e.g. 20480 new tokens; the batch sizes default to small values. The recipes in
+``recipes/`` set everything for a given model and machine.
+"""
+
+from dataclasses import dataclass, field
+
+from megatron_fork.data.prompt_sets import DataConfig
+from megatron_fork.forking.config import ForkingLossConfig
+from megatron_fork.rewards.config import MathRewardConfig
+from megatron_fork.trainer.advantages import AdvantageConfig
+from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    prompts_per_step: int = 16
+    """Informative prompt groups per rollout step (after dynamic sampling)."""
+    samples_per_prompt: int = 8
+    """G: responses per prompt (GRPO group)."""
+    prompts_per_round: int = 24
+    """Prompts generated per dynamic-sampling round (DAPO's generation batch; >= the target)."""
+    max_new_tokens: int = 20480
+    """The generation cap (L_max); must equal ``reward.max_response_tokens``."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    engine_batch_size: int = 256
+    """Requests the torch engine decodes together."""
+
+    def __post_init__(self):
+        _require(self.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1")
+        _require(self.samples_per_prompt >= 2, "rollout.samples_per_prompt (G) must be >= 2")
+        _require(
+            self.prompts_per_round >= self.prompts_per_step,
+            "rollout.prompts_per_round must be >= rollout.prompts_per_step",
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 10
+    """Evaluate every this many RL steps (and before the first and after the last); 0 = only
+    before and after."""
+    samples_per_prompt: int = 4
+    """k of avg@k."""
+    temperature: float = 1.0
+    top_p: float = 0.7
+    """The paper's validation sampling: temperature 1.0, top_p 0.7."""
+    max_prompts: int | None = None
+    """Evaluate on the first this many held-out prompts; None = all."""
+    seed: int = 1234
+    """Eval sampling seeds derive from it only, so every evaluation draws the same way."""
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    lr: float = 1e-6
+    weight_decay: float = 0.1
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    vocab_multiple: int = 128
+    """The vocabulary is padded to a multiple of this times TP (Megatron's rule)."""
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    base_model: str
+    """A Hugging Face model directory (config.json, safetensors weights, tokenizer.json)."""
+    output_dir: str
+    steps: int = 40
+    """RL (rollout) steps of the run."""
+    seed: int = 0
+    mini_batches_per_step: int = 2
+    """Optimizer steps per rollout step (the batch is split into this many mini-batches)."""
+    micro_batch_size: int = 16
+    """Rows per forward/backward micro-batch."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every this many steps (and at the end); 0 = only at the end."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept on disk (the newest)."""
+    tensorboard: bool = True
+    progress: bool = True
+    """A rich progress bar on rank 0."""
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    loss: ForkingLossConfig = field(default_factory=ForkingLossConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    reward: MathRewardConfig = field(default_factory=MathRewardConfig)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def __post_init__(self):
+        _require(self.steps >= 1, "steps must be >= 1")
+        _require(self.mini_batches_per_step >= 1, "mini_batches_per_step must be >= 1")
+        _require(self.micro_batch_size >= 1, "micro_batch_size must be >= 1")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+        samples = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
+        _require(
+            samples % self.mini_batches_per_step == 0,
+            f"the step's {samples} samples (prompts_per_step x samples_per_prompt) must split "
+            f"into mini_batches_per_step={self.mini_batches_per_step} equal mini-batches",
+        )
+        _require(
+            not self.reward.overlong_shaping
+            or self.reward.max_response_tokens == self.rollout.max_new_tokens,
+            f"reward.max_response_tokens ({self.reward.max_response_tokens}) must equal "
+            f"rollout.max_new_tokens ({self.rollout.max_new_tokens}): the overlong shaping "
+            "penalises responses near the generation cap",
+        )
+        _require(
+            self.loss.temperature == self.rollout.temperature,
+            f"loss.temperature ({self.loss.temperature}) must equal rollout.temperature "
+            f"({self.rollout.temperature}): the ratio compares log-probs at the sampling "
+            "temperature",
+        )

@@ -1,0 +1,152 @@
+"""The RL loop: rollout -> reward -> advantages -> old-logprob pass -> mini-batch optimizer
+steps with the forking-token loss -> weight sync -> eval -> log -> checkpoint, resumable.
+
+Rank 0 is the controller (data, engine, reward, eval, log); every rank trains its part of the
+model. The same function runs one CPU process (the demo) and a torchrun job of TP x PP x DP
+ranks. A run whose output directory holds a checkpoint resumes from the newest complete one and
+reproduces, on CPU, the metrics of an uninterrupted run exactly.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megatron_fork.trainer.actor import build_actor, init_parallel, shutdown_parallel
+from megatron_fork.trainer.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from megatron_fork.trainer.controller import Controller
+from megatron_fork.trainer.parallel_groups import LossGroups
+from megatron_fork.trainer.progress import StepProgress
+from megatron_fork.trainer.rl_config import RLConfig
+from megatron_fork.trainer.train_batch import train_on_samples
+from megatron_fork.trainer.weight_sync import sync_weights
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def _is_rank0() -> bool:
+    return dist.get_rank() == 0
+
+
+def _broadcast_from_rank0(value):
+    box = [value]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather_last_stage_metrics(metrics: dict | None) -> dict | None:
+    """The last pipeline stage's metrics (identical on its ranks) on rank 0."""
+    if dist.get_world_size() == 1:
+        return metrics
+    gathered = [None] * dist.get_world_size() if _is_rank0() else None
+    dist.gather_object(metrics, gathered, dst=0)
+    return next(m for m in gathered if m is not None) if _is_rank0() else None
+
+
+def _write_run_config(config: RLConfig) -> None:
+    path = Path(config.output_dir) / RUN_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _eval_due(config: RLConfig, step: int) -> bool:
+    every = config.eval.every
+    return step == config.steps or (every > 0 and step % every == 0)
+
+
+def _checkpoint_due(config: RLConfig, step: int) -> bool:
+    every = config.checkpoint_every
+    return step == config.steps or (every > 0 and step % every == 0)
+
+
+def run_rl(config: RLConfig) -> dict | None:
+    """Train; returns the last step's metrics on rank 0 (None on other ranks)."""
+    owns_group = not dist.is_initialized()
+    init_parallel(config.parallel, config.seed)
+    try:
+        return _run(config)
+    finally:
+        shutdown_parallel(destroy_process_group=owns_group)
+
+
+def _run(config: RLConfig) -> dict | None:
+    actor = build_actor(config.base_model, config.parallel, config.optimizer)
+    groups = LossGroups.from_parallel_state()
+    loss_config = config.loss
+    if loss_config.vocab_size is None:  # leave Megatron's TP padding out of the softmax
+        loss_config = dataclasses.replace(loss_config, vocab_size=actor.vocab_size)
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    state = {"step": 0, "prompt_cursor": 0}
+    latest = latest_checkpoint(checkpoints)
+    if latest is not None:
+        state = load_checkpoint(latest, actor.model, actor.optimizer)
+    controller = None
+    if _is_rank0():
+        _write_run_config(config)
+        controller = Controller(config, actor.hf_config, state["prompt_cursor"], state["step"])
+    engine = controller.engine if controller else None
+    pad_id = _broadcast_from_rank0(controller.pad_id if controller else None)
+    last = None
+    try:
+        sync_weights(actor.model, actor.layout, engine, version=state["step"])
+        if controller and state["step"] == 0:
+            controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
+        with StepProgress(config.steps, state["step"], config.progress and _is_rank0()) as bar:
+            for step in range(state["step"] + 1, config.steps + 1):
+                last = _rl_step(config, actor, groups, loss_config, controller, pad_id, step)
+                bar.advance(last or {})
+                if _checkpoint_due(config, step):
+                    cursor = controller.stream.cursor if controller else None
+                    save_checkpoint(
+                        checkpoints, step, actor.model, actor.optimizer, {"prompt_cursor": cursor}
+                    )
+                    prune_checkpoints(checkpoints, config.keep_checkpoints)
+    finally:
+        if controller:
+            controller.close()
+    return last
+
+
+def _rl_step(config, actor, groups, loss_config, controller, pad_id, step) -> dict | None:
+    """One RL step on every rank; its metrics (logged) on rank 0."""
+    start = time.perf_counter()
+    batch = controller.rollout(step) if controller else None
+    samples, advantages = _broadcast_from_rank0(
+        (batch.samples, batch.advantages.reshape(-1)) if batch else None
+    )
+    rollout_s = time.perf_counter() - start
+    train_metrics = train_on_samples(
+        actor,
+        loss_config,
+        groups,
+        samples,
+        advantages,
+        config.mini_batches_per_step,
+        config.micro_batch_size,
+        pad_id,
+        first_optimizer_step=(step - 1) * config.mini_batches_per_step,
+    )
+    train_metrics = _gather_last_stage_metrics(train_metrics)
+    sync_weights(actor.model, actor.layout, controller.engine if controller else None, step)
+    train_s = time.perf_counter() - start - rollout_s
+    if controller is None:
+        return None
+    metrics = {**batch.metrics, **train_metrics}
+    if _eval_due(config, step):
+        metrics.update(controller.evaluate())
+    metrics["time/rollout_s"] = rollout_s
+    metrics["time/train_s"] = train_s
+    metrics["time/step_s"] = time.perf_counter() - start
+    controller.log.log(step, metrics)
+    return metrics

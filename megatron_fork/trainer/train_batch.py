@@ -1,0 +1,128 @@
+"""The training half of an RL step, on every rank: the step's samples -> mini-batches (this
+rank's DP slice, micro-batches, CP shards) -> one old-logprob pass over all of them (the policy
+that generated them) -> one optimizer step per mini-batch with the forking-token loss.
+"""
+
+import dataclasses
+import math
+
+import torch
+from megatron.core import parallel_state as ps
+
+from megatron_fork.forking.config import ForkingLossConfig
+from megatron_fork.rollout.types import Sample
+from megatron_fork.trainer.actor import Actor, optimizer_step, zero_grads
+from megatron_fork.trainer.actor_step import (
+    forward_backward_step,
+    old_logprob_pass,
+    prepare_step,
+)
+from megatron_fork.trainer.parallel_groups import LossGroups
+from megatron_fork.trainer.policy_batch import PolicyMicroBatch
+from megatron_fork.trainer.rollout_batch import samples_to_microbatches
+from megatron_fork.trainer.step_metrics import combine_microbatch_metrics
+
+SEQ_LEN_MULTIPLE = 8
+
+
+def step_seq_len(samples: list[Sample], cp_size: int) -> int:
+    """Row length of the step: the longest prompt + response, less one (next-token rows),
+    rounded up to a multiple of 8 and of 2 x CP (Megatron's load-balanced CP split)."""
+    longest = max(len(s.prompt_ids) + len(s.output_ids) for s in samples) - 1
+    multiple = math.lcm(SEQ_LEN_MULTIPLE, 2 * cp_size) if cp_size > 1 else SEQ_LEN_MULTIPLE
+    return math.ceil(longest / multiple) * multiple
+
+
+def mini_batch_shards(
+    samples: list[Sample],
+    advantages: torch.Tensor,
+    num_mini_batches: int,
+    micro_batch_size: int,
+    groups: LossGroups,
+    pad_id: int,
+) -> list[list[PolicyMicroBatch]]:
+    """Per mini-batch, this rank's micro-batch CP shards. Mini-batch ``m`` is the ``m``-th
+    contiguous slice of the samples; DP rank ``d`` takes the ``d``-th slice of it."""
+    per_mini = len(samples) // num_mini_batches
+    dp_size, dp_rank = groups.dp_size, ps.get_data_parallel_rank()
+    if per_mini % dp_size or (per_mini // dp_size) % micro_batch_size:
+        raise ValueError(
+            f"a mini-batch of {per_mini} samples must split into {dp_size} data-parallel "
+            f"slices of whole micro-batches of {micro_batch_size}: adjust micro_batch_size, "
+            "mini_batches_per_step or the rollout sizes"
+        )
+    rows = per_mini // dp_size
+    seq_len = step_seq_len(samples, groups.cp_size)
+    out = []
+    for m in range(num_mini_batches):
+        start = m * per_mini + dp_rank * rows
+        indices = list(range(start, start + rows))
+        micro = samples_to_microbatches(
+            [samples[i] for i in indices],
+            advantages[indices],
+            [i - m * per_mini for i in indices],  # index within the optimizer step
+            seq_len,
+            micro_batch_size,
+            pad_id,
+        )
+        out.append([mb.context_parallel_shard(groups.cp) for mb in micro])
+    return out
+
+
+def _with_old_logprobs(shards, old_pass):
+    """Replace the engine's log-probs by the trainer's own (last stage; others keep theirs)."""
+    if old_pass is None:
+        return shards
+    return [
+        dataclasses.replace(mb, old_logprob=o.logprob)
+        for mb, o in zip(shards, old_pass, strict=True)
+    ]
+
+
+def _engine_mismatch(shards, old_pass) -> float | None:
+    """Mean |trainer - engine| log-prob over the valid tokens: the two should agree closely."""
+    if old_pass is None:
+        return None
+    diff = sum(
+        float((o.logprob - mb.old_logprob).abs()[mb.valid_mask].sum())
+        for mb, o in zip(shards, old_pass, strict=True)
+    )
+    count = sum(int(mb.valid_mask.sum()) for mb in shards)
+    return diff / max(count, 1)
+
+
+def train_on_samples(
+    actor: Actor,
+    loss_config: ForkingLossConfig,
+    groups: LossGroups,
+    samples: list[Sample],
+    advantages: torch.Tensor,
+    num_mini_batches: int,
+    micro_batch_size: int,
+    pad_id: int,
+    first_optimizer_step: int,
+) -> dict | None:
+    """Old-logprob pass, then ``num_mini_batches`` optimizer steps. Returns the step's metrics
+    on the last pipeline stage (None elsewhere)."""
+    mini_batches = mini_batch_shards(
+        samples, advantages, num_mini_batches, micro_batch_size, groups, pad_id
+    )
+    old_passes = [old_logprob_pass(actor.model, mb, loss_config, groups) for mb in mini_batches]
+    mismatch = [_engine_mismatch(mb, old) for mb, old in zip(mini_batches, old_passes, strict=True)]
+    outputs, optim = [], []
+    for m, (shards, old) in enumerate(zip(mini_batches, old_passes, strict=True)):
+        shards = _with_old_logprobs(shards, old)
+        prepared = prepare_step(
+            actor.model, loss_config, shards, old, groups, first_optimizer_step + m
+        )
+        zero_grads(actor)
+        outputs.append(forward_backward_step(actor.model, prepared, groups))
+        optim.append(optimizer_step(actor))
+    if not ps.is_pipeline_last_stage():
+        return None
+    flat = [o for mini in outputs for o in mini]
+    metrics = combine_microbatch_metrics(flat, "train/", num_mini_batches)
+    metrics["train/engine_logprob_abs_diff"] = sum(mismatch) / len(mismatch)
+    for key in optim[0]:
+        metrics[key] = sum(o[key] for o in optim) / len(optim)
+    return metrics

@@ -1,0 +1,141 @@
+"""The ablation the paper never ran with seeds: token-selection strategies (top 20%, all
+tokens, bottom 80%, random 20%) or a rho sweep (top 10/20/50%), each over several RL seeds
+from one shared base model, on the tiny Qwen3 of ``make demo``. Prints mean +- std of the final
+held-out accuracy per arm and writes ``ablation.json`` and ``ablation.png``.
+
+    python tools/ablation.py [--output runs/ablation] [--seeds 0 1 2] [--sweep strategy|rho]
+                             [--set steps=40 ...]
+
+Each (arm, seed) run is its own folder; a finished one (summary present) is not rerun, so an
+interrupted ablation continues where it stopped.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine|full scope is deprecated).*")
+
+ARMS = {
+    "strategy": {
+        "top 20%": ["loss.strategy=top", "loss.rho=0.2"],
+        "all tokens": ["loss.strategy=all"],
+        "bottom 80%": ["loss.strategy=bottom", "loss.rho=0.8"],
+        "random 20%": ["loss.strategy=random", "loss.rho=0.2"],
+    },
+    "rho": {
+        "top 10%": ["loss.strategy=top", "loss.rho=0.1"],
+        "top 20%": ["loss.strategy=top", "loss.rho=0.2"],
+        "top 50%": ["loss.strategy=top", "loss.rho=0.5"],
+    },
+}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="runs/ablation")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sweep", choices=sorted(ARMS), default="strategy")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    return parser.parse_args()
+
+
+def run_arm(base: Path, run_dir: Path, seed: int, overrides: list[str]) -> dict:
+    """One RL run (fresh unless its summary exists); its summary."""
+    import shutil
+
+    from megatron_fork.reporting.run_report import SUMMARY_FILE, write_run_report
+    from megatron_fork.trainer.overrides import apply_overrides
+    from megatron_fork.trainer.rl_loop import run_rl
+    from recipes import tiny_qwen3_cpu
+
+    done = run_dir / SUMMARY_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    shutil.rmtree(run_dir / "run", ignore_errors=True)
+    config = tiny_qwen3_cpu.rl(base, run_dir / "run", seed)
+    config = apply_overrides(config, [*overrides, "progress=False", "tensorboard=False"])
+    start = time.perf_counter()
+    run_rl(config)
+    return write_run_report(
+        run_dir / "run", run_dir, {"wall_seconds": time.perf_counter() - start, "seed": seed}
+    )
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (arm, runs) in enumerate(results.items()):
+        finals = [r["final_accuracy"] for r in runs]
+        ax.scatter([i] * len(finals), finals, alpha=0.6)
+        ax.errorbar(i, statistics.mean(finals), yerr=_std(finals), fmt="k_", capsize=8)
+    base = statistics.mean(r["base_accuracy"] for runs in results.values() for r in runs)
+    ax.axhline(base, color="gray", linestyle="--", label="base model")
+    ax.set_xticks(range(len(results)), list(results))
+    ax.set_ylabel("final held-out accuracy (avg@k)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    args = parse_args()
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from demo import ensure_base_model
+
+    output = Path(args.output)
+    base, _ = ensure_base_model(output, seed=0)
+    start = time.perf_counter()
+    results = {}
+    for arm, arm_overrides in ARMS[args.sweep].items():
+        results[arm] = []
+        for seed in args.seeds:
+            run_dir = output / arm.replace(" ", "_").replace("%", "pct") / f"seed{seed}"
+            summary = run_arm(base, run_dir, seed, [*arm_overrides, *args.set])
+            results[arm].append(summary)
+            print(
+                f"{arm} seed {seed}: {summary['base_accuracy']:.3f} -> "
+                f"{summary['final_accuracy']:.3f}",
+                flush=True,
+            )
+    table = {
+        arm: {
+            "final_mean": statistics.mean(r["final_accuracy"] for r in runs),
+            "final_std": _std([r["final_accuracy"] for r in runs]),
+            "base_mean": statistics.mean(r["base_accuracy"] for r in runs),
+            "seeds": len(runs),
+            "finals": [r["final_accuracy"] for r in runs],
+        }
+        for arm, runs in results.items()
+    }
+    report = {"sweep": args.sweep, "arms": table, "wall_seconds": time.perf_counter() - start}
+    (output / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, output / "ablation.png")
+    print(f"\n{'arm':<12} {'base':>7} {'final (mean +- std)':>22}")
+    for arm, row in table.items():
+        print(
+            f"{arm:<12} {row['base_mean']:7.3f} {row['final_mean']:12.3f} +- {row['final_std']:.3f}"
+        )
+    print(
+        f"wall {report['wall_seconds']:.0f} s; {output / 'ablation.json'}, {output / 'ablation.png'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
