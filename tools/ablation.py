@@ -73,7 +73,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (arm, runs) in enumerate(results.items()):
+    for i, runs in enumerate(results.values()):
         finals = [r["final_accuracy"] for r in runs]
         ax.scatter([i] * len(finals), finals, alpha=0.6)
         ax.errorbar(i, statistics.mean(finals), yerr=_std(finals), fmt="k_", capsize=8)
@@ -132,9 +132,7 @@ def main() -> None:
         print(
             f"{arm:<12} {row['base_mean']:7.3f} {row['final_mean']:12.3f} +- {row['final_std']:.3f}"
         )
-    print(
-        f"wall {report['wall_seconds']:.0f} s; {output / 'ablation.json'}, {output / 'ablation.png'}"
-    )
+    print(f"wall {report['wall_seconds']:.0f} s; report in {output}/ablation.json and .png")
 
 
 if __name__ == "__main__":
