@@ -148,6 +148,7 @@ def collect_rollout_batch(
     padding = [g for g in generated if not any(g is k for k in kept)][: target_groups - len(kept)]
     groups = kept + padding
     advantages = group_advantages(torch.stack([g.rewards for g in groups]), advantage)
+    advantages[len(kept) :] = 0.0  # filler: equal correctness, so no signal (not even shaping)
     metrics = _rollout_metrics(generated, groups, filled, len(padding))
     return RolloutBatch(groups=groups, advantages=advantages, metrics=metrics)
 

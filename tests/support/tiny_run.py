@@ -32,11 +32,12 @@ SIZE = TinyQwen3Size(
 def warm_start_config(output_dir) -> WarmStartConfig:
     return WarmStartConfig(
         output_dir=str(output_dir),
-        steps=15,
+        steps=60,
         batch_size=16,
         micro_batch_size=8,
         size=SIZE,
         data=DATA,
+        optimizer=OptimizerSettings(lr=3e-3, weight_decay=0.0),
     )
 
 

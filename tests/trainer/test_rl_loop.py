@@ -122,3 +122,34 @@ def test_torchrun_tp2_and_pp2_match_the_single_process_run(base_model, reference
             assert step[key] == value, key  # same weights, same seeds: same samples
         elif value is not None and key != "train/engine_logprob_abs_diff":
             assert step[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_warm_start_saves_a_hugging_face_base_model_that_learned(base_model):
+    import math
+
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from megatron_fork.data.prompt_sets import load_prompt_sets
+    from megatron_fork.data.tokenizer import load_tokenizer
+    from tests.support.tiny_run import DATA
+
+    assert sorted(p.name for p in base_model.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+    assert not base_model.with_name(base_model.name + ".tmp").exists()
+    model = Qwen3ForCausalLM.from_pretrained(base_model).eval()
+    tokenizer = load_tokenizer(base_model)
+    examples = load_prompt_sets(DATA).eval
+    nll = []
+    for example in examples:
+        prompt = tokenizer.encode(example.prompt)
+        ids = torch.tensor([prompt + tokenizer.encode(example.solution)])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+        targets = ids[0, 1:]
+        nll.append(-logp[len(prompt) - 1 :].gather(-1, targets[len(prompt) - 1 :, None]).mean())
+    # Untrained, the NLL is about ln(vocab); the warm start must have cut it well down.
+    assert float(torch.stack(nll).mean()) < 0.6 * math.log(model.config.vocab_size)

@@ -1,0 +1,70 @@
+"""The rollout phase with the real torch engine (a tiny random Qwen3), the real tokenizer and
+the real math reward: per-response seeds make a step's rollouts reproducible, groups whose
+responses are all wrong are dropped by dynamic sampling and a short batch is topped up with
+zero-advantage groups, counted."""
+
+import pytest
+import torch
+
+from megatron_fork.data.prompt_sets import DataConfig, load_prompt_sets
+from megatron_fork.data.prompt_stream import PromptStream
+from megatron_fork.data.tokenizer import build_and_save, load_tokenizer, special_token_ids
+from megatron_fork.rewards.config import MathRewardConfig
+from megatron_fork.rewards.scorer import MathRewardScorer
+from megatron_fork.rollout.torch_engine import TorchRolloutEngine
+from megatron_fork.rollout.types import SamplingParams
+from megatron_fork.trainer.advantages import AdvantageConfig
+from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig
+from megatron_fork.trainer.rollout_phase import GroupSampler, collect_rollout_batch
+from tests.support.tiny_qwen3 import tiny_qwen3_model
+
+SAMPLING = SamplingParams(max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory):
+    tokenizer = load_tokenizer(build_and_save(tmp_path_factory.mktemp("tok")))
+    ids = special_token_ids(tokenizer)
+    model = tiny_qwen3_model(seed=0, vocab_size=ids.vocab_size)
+    config = MathRewardConfig(max_response_tokens=6, overlong_buffer=2, num_workers=1)
+    with MathRewardScorer(config) as scorer:
+        yield GroupSampler(TorchRolloutEngine(model), tokenizer, scorer, ids.eos)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompt_sets(DataConfig(synthetic_terms=2, synthetic_heldout=20)).train
+
+
+def collect(sampler, prompts, step, dynamic=DynamicSamplingConfig(max_rounds=2)):
+    return collect_rollout_batch(
+        sampler, PromptStream(prompts, seed=0), step, 0, 3, 4, 4, SAMPLING, dynamic,
+        AdvantageConfig(),
+    )  # fmt: skip
+
+
+def test_a_step_draws_the_same_rollouts_every_time_and_new_ones_next_step(sampler, prompts):
+    first, again, other = (collect(sampler, prompts, s) for s in (1, 1, 2))
+    assert first.samples == again.samples
+    assert [s.output_ids for s in first.samples] != [s.output_ids for s in other.samples]
+
+
+def test_all_wrong_groups_are_dropped_and_the_batch_topped_up(sampler, prompts):
+    # A random model never writes a correct box: every group has equal rewards.
+    batch = collect(sampler, prompts, step=1)
+    assert len(batch.groups) == 3 and all(len(g.samples) == 4 for g in batch.groups)
+    assert batch.metrics["dynamic_sampling/rounds"] == 2  # kept trying, up to max_rounds
+    assert batch.metrics["dynamic_sampling/generated_groups"] == 8
+    assert batch.metrics["dynamic_sampling/dropped_equal_reward"] == 8
+    assert batch.metrics["dynamic_sampling/padded_groups"] == 3
+    assert batch.metrics["rollout/accuracy"] == 0.0
+    torch.testing.assert_close(batch.advantages, torch.zeros(3, 4))  # no signal, no gradient
+
+
+def test_without_dynamic_sampling_the_first_round_is_kept(sampler, prompts):
+    batch = collect(sampler, prompts, 1, DynamicSamplingConfig(enabled=False))
+    assert batch.metrics["dynamic_sampling/rounds"] == 1
+    assert batch.metrics["dynamic_sampling/padded_groups"] == 0
+    assert [g.example.id for g in batch.groups] == [
+        e.id for e in PromptStream(prompts, seed=0).take(3)
+    ]
