@@ -97,16 +97,8 @@ class Actor:
         return self.hf_config.vocab_size
 
 
-def build_actor(
-    model_dir: str | Path,
-    parallel: ParallelConfig,
-    optim: OptimizerSettings,
-    load_weights: bool = True,
-) -> Actor:
-    """Megatron Qwen3 for ``model_dir``'s config, with its HF weights, in Megatron DDP, plus
-    Megatron's Adam. ``load_weights=False`` keeps the random initialisation (a run that will
-    load a checkpoint)."""
-    hf_config = read_hf_config(model_dir)
+def _megatron_model(hf_config, parallel: ParallelConfig):
+    """This rank's part of the Megatron Qwen3 (random init), on the GPU when there is one."""
     on_cpu = not torch.cuda.is_available()
     model = build_qwen3_model(
         hf_config,
@@ -117,18 +109,42 @@ def build_actor(
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
     )
-    if not on_cpu:
-        model.cuda()
+    return model if on_cpu else model.cuda()
+
+
+def _load_base_weights(model, model_dir, layout: Qwen3Layout, parallel: ParallelConfig) -> None:
+    load_hf_weights_(
+        model,
+        read_hf_weights(model_dir),
+        layout,
+        ps.get_tensor_model_parallel_rank(),
+        parallel.tensor_parallel,
+        get_transformer_layer_offset(model.config),
+    )
+
+
+def build_reference_model(model_dir: str | Path, parallel: ParallelConfig):
+    """A frozen copy of the base model (no DDP, no optimizer) for the KL term's reference
+    log-probs; built only when ``loss.kl_coef > 0``."""
+    hf_config = read_hf_config(model_dir)
+    model = _megatron_model(hf_config, parallel)
+    _load_base_weights(model, model_dir, Qwen3Layout.from_hf_config(hf_config), parallel)
+    return model.eval().requires_grad_(False)
+
+
+def build_actor(
+    model_dir: str | Path,
+    parallel: ParallelConfig,
+    optim: OptimizerSettings,
+    load_weights: bool = True,
+) -> Actor:
+    """Megatron Qwen3 for ``model_dir``'s config, with its HF weights, in Megatron DDP, plus
+    Megatron's Adam. ``load_weights=False`` keeps the random initialisation (the warm start)."""
+    hf_config = read_hf_config(model_dir)
+    model = _megatron_model(hf_config, parallel)
     layout = Qwen3Layout.from_hf_config(hf_config)
     if load_weights:
-        load_hf_weights_(
-            model,
-            read_hf_weights(model_dir),
-            layout,
-            ps.get_tensor_model_parallel_rank(),
-            parallel.tensor_parallel,
-            get_transformer_layer_offset(model.config),
-        )
+        _load_base_weights(model, model_dir, layout, parallel)
     model.config.finalize_model_grads_func = finalize_model_grads
     ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
     optimizer = get_megatron_optimizer(

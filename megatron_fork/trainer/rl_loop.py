@@ -15,7 +15,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from megatron_fork.trainer.actor import build_actor, init_parallel, shutdown_parallel
+from megatron_fork.trainer.actor import (
+    build_actor,
+    build_reference_model,
+    init_parallel,
+    shutdown_parallel,
+)
 from megatron_fork.trainer.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -86,6 +91,9 @@ def _run(config: RLConfig) -> dict | None:
     loss_config = config.loss
     if loss_config.vocab_size is None:  # leave Megatron's TP padding out of the softmax
         loss_config = dataclasses.replace(loss_config, vocab_size=actor.vocab_size)
+    reference = None
+    if loss_config.kl_coef > 0:  # the KL term's reference: the frozen base model
+        reference = build_reference_model(config.base_model, config.parallel)
     checkpoints = Path(config.output_dir) / "checkpoints"
     state = {"step": 0, "prompt_cursor": 0}
     latest = latest_checkpoint(checkpoints)
@@ -104,7 +112,9 @@ def _run(config: RLConfig) -> dict | None:
             controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
         with StepProgress(config.steps, state["step"], config.progress and _is_rank0()) as bar:
             for step in range(state["step"] + 1, config.steps + 1):
-                last = _rl_step(config, actor, groups, loss_config, controller, pad_id, step)
+                last = _rl_step(
+                    config, actor, reference, groups, loss_config, controller, pad_id, step
+                )
                 bar.advance(last or {})
                 if _checkpoint_due(config, step):
                     cursor = controller.stream.cursor if controller else None
@@ -118,7 +128,9 @@ def _run(config: RLConfig) -> dict | None:
     return last
 
 
-def _rl_step(config, actor, groups, loss_config, controller, pad_id, step) -> dict | None:
+def _rl_step(
+    config, actor, reference, groups, loss_config, controller, pad_id, step
+) -> dict | None:
     """One RL step on every rank; its metrics (logged) on rank 0."""
     start = time.perf_counter()
     batch = controller.rollout(step) if controller else None
@@ -136,6 +148,7 @@ def _rl_step(config, actor, groups, loss_config, controller, pad_id, step) -> di
         config.micro_batch_size,
         pad_id,
         first_optimizer_step=(step - 1) * config.mini_batches_per_step,
+        reference_model=reference,
     )
     train_metrics = _gather_last_stage_metrics(train_metrics)
     sync_weights(actor.model, actor.layout, controller.engine if controller else None, step)

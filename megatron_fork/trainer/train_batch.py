@@ -69,13 +69,15 @@ def mini_batch_shards(
     return out
 
 
-def _with_old_logprobs(shards, old_pass):
-    """Replace the engine's log-probs by the trainer's own (last stage; others keep theirs)."""
+def _with_pass_logprobs(shards, old_pass, ref_pass):
+    """The trainer's own old log-probs in place of the engine's, and the reference policy's
+    (last stage; the other stages keep theirs, which no loss reads)."""
     if old_pass is None:
         return shards
+    refs = [None] * len(shards) if ref_pass is None else [r.logprob for r in ref_pass]
     return [
-        dataclasses.replace(mb, old_logprob=o.logprob)
-        for mb, o in zip(shards, old_pass, strict=True)
+        dataclasses.replace(mb, old_logprob=o.logprob, ref_logprob=ref)
+        for mb, o, ref in zip(shards, old_pass, refs, strict=True)
     ]
 
 
@@ -101,17 +103,25 @@ def train_on_samples(
     micro_batch_size: int,
     pad_id: int,
     first_optimizer_step: int,
+    reference_model=None,
 ) -> dict | None:
-    """Old-logprob pass, then ``num_mini_batches`` optimizer steps. Returns the step's metrics
-    on the last pipeline stage (None elsewhere)."""
+    """Old-logprob pass (and the reference model's, for the KL term), then
+    ``num_mini_batches`` optimizer steps. Returns the step's metrics on the last pipeline stage
+    (None elsewhere)."""
     mini_batches = mini_batch_shards(
         samples, advantages, num_mini_batches, micro_batch_size, groups, pad_id
     )
     old_passes = [old_logprob_pass(actor.model, mb, loss_config, groups) for mb in mini_batches]
+    ref_passes = [
+        None
+        if reference_model is None
+        else old_logprob_pass(reference_model, mb, loss_config, groups)
+        for mb in mini_batches
+    ]
     mismatch = [_engine_mismatch(mb, old) for mb, old in zip(mini_batches, old_passes, strict=True)]
     outputs, optim = [], []
-    for m, (shards, old) in enumerate(zip(mini_batches, old_passes, strict=True)):
-        shards = _with_old_logprobs(shards, old)
+    for m, (shards, old, ref) in enumerate(zip(mini_batches, old_passes, ref_passes, strict=True)):
+        shards = _with_pass_logprobs(shards, old, ref)
         prepared = prepare_step(
             actor.model, loss_config, shards, old, groups, first_optimizer_step + m
         )

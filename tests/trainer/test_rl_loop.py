@@ -153,3 +153,25 @@ def test_warm_start_saves_a_hugging_face_base_model_that_learned(base_model):
         nll.append(-logp[len(prompt) - 1 :].gather(-1, targets[len(prompt) - 1 :, None]).mean())
     # Untrained, the NLL is about ln(vocab); the warm start must have cut it well down.
     assert float(torch.stack(nll).mean()) < 0.6 * math.log(model.config.vocab_size)
+
+
+def test_other_loss_options_run_through_the_loop(base_model, tmp_path):
+    """The public code's variant (per-micro-batch threshold, selected-token mean) with the KL
+    term (a frozen reference model's pass) and the random control."""
+    from megatron_fork.trainer.overrides import apply_overrides
+
+    config = apply_overrides(
+        rl_config(base_model, tmp_path / "run", 2),
+        [
+            "loss.scope=local_microbatch",
+            "loss.normalizer=selected_tokens",
+            "loss.strategy=random",
+            "loss.kl_coef=0.1",
+            "loss.entropy_coef=0.01",
+        ],
+    )
+    records = _run(config, tmp_path, "run")
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for record in records[1:]:
+        assert record["train/engine_logprob_abs_diff"] < 1e-5
+        assert record["train/loss"] is not None and record["optim/grad_norm"] > 0
