@@ -21,7 +21,9 @@ def test_synthetic_sets_are_disjoint_and_report_nothing():
 
 def test_files_with_bad_rows_load_the_good_ones_and_count_the_rest():
     sets = load_prompt_sets(
-        DataConfig(train=str(FIXTURES / "dapo_mixed.jsonl"), eval=str(FIXTURES / "aime_mixed.jsonl"))
+        DataConfig(
+            train=str(FIXTURES / "dapo_mixed.jsonl"), eval=str(FIXTURES / "aime_mixed.jsonl")
+        )
     )
     assert len(sets.train) == 4
     metrics = data_metrics(sets.reports)

@@ -19,6 +19,7 @@ from megatron_fork.trainer.rollout_phase import GroupSampler, collect_rollout_ba
 from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 SAMPLING = SamplingParams(max_new_tokens=6)
+TWO_ROUNDS = DynamicSamplingConfig(max_rounds=2)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def prompts():
     return load_prompt_sets(DataConfig(synthetic_terms=2, synthetic_heldout=20)).train
 
 
-def collect(sampler, prompts, step, dynamic=DynamicSamplingConfig(max_rounds=2)):
+def collect(sampler, prompts, step, dynamic=TWO_ROUNDS):
     return collect_rollout_batch(
         sampler, PromptStream(prompts, seed=0), step, 0, 3, 4, 4, SAMPLING, dynamic,
         AdvantageConfig(),
