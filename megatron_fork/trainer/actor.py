@@ -9,6 +9,7 @@ and under torchrun/Slurm. On a machine without CUDA it enables the CPU backend.
 import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -32,13 +33,18 @@ from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
 
 
 def init_parallel(parallel: ParallelConfig, seed: int) -> None:
-    """Process group (torchrun's, or one gloo process), Megatron parallel state and seeds."""
+    """Process group (torchrun's, or one gloo process), this rank's GPU, Megatron parallel
+    state and seeds."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
+        timeout = timedelta(minutes=parallel.collective_timeout_minutes)
         if "RANK" in os.environ:
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend, timeout=timeout)
         else:
             store = dist.HashStore()
-            dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+            dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=timeout)
     if not torch.cuda.is_available():
         from megatron_fork.backends.cpu import enable_cpu_backend
 
@@ -95,6 +101,15 @@ class Actor:
     def vocab_size(self) -> int:
         """The true (unpadded) vocabulary: the loss and sampling ignore TP padding."""
         return self.hf_config.vocab_size
+
+
+def device() -> torch.device:
+    """Where this rank's model and batches live: its GPU, else the CPU."""
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else (torch.device("cpu"))
+    )
 
 
 def _megatron_model(hf_config, parallel: ParallelConfig):

@@ -2,7 +2,8 @@
 TensorBoard, written by rank 0.
 
 On resume the log is cut back to the checkpoint's step first, so a step that ran after the
-checkpoint and is run again appears once.
+checkpoint and is run again appears once; a run restarted before its first checkpoint
+(``resume_step=-1``) starts a fresh log.
 """
 
 import json

@@ -103,3 +103,14 @@ def next_token_row(prompt_ids, completion_ids, seq_len: int, pad_id: int, name: 
     mask = torch.zeros(seq_len, dtype=torch.bool)
     mask[max(len(prompt_ids) - 1, 0) : len(ids) - 1] = True  # no prompt: the first id is input only
     return tokens, mask
+
+
+def moved_to(batch, device: torch.device):
+    """A copy of a micro-batch dataclass with every tensor field on ``device`` (batches are
+    built on the CPU; the model may live on a GPU)."""
+    moved = {
+        f.name: getattr(batch, f.name).to(device)
+        for f in fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)
+    }
+    return replace(batch, **moved)

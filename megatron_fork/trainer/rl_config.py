@@ -77,6 +77,9 @@ class ParallelConfig:
     pipeline_parallel: int = 1
     vocab_multiple: int = 128
     """The vocabulary is padded to a multiple of this times TP (Megatron's rule)."""
+    collective_timeout_minutes: float = 60.0
+    """How long a rank waits in a collective: the trainer ranks wait through rank 0's rollout
+    and evaluation, which with long chains of thought take far longer than NCCL's default."""
 
 
 @dataclass(frozen=True)

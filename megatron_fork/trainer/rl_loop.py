@@ -31,7 +31,7 @@ from megatron_fork.trainer.controller import Controller
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.progress import StepProgress
 from megatron_fork.trainer.rl_config import RLConfig
-from megatron_fork.trainer.train_batch import train_on_samples
+from megatron_fork.trainer.train_batch import check_batch_layout, train_on_samples
 from megatron_fork.trainer.weight_sync import sync_weights
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -41,11 +41,24 @@ def _is_rank0() -> bool:
     return dist.get_rank() == 0
 
 
-def _broadcast_from_rank0(value):
-    box = [value]
+def _from_rank0(work):
+    """``work()`` on rank 0 (the controller), its result on every rank. An error there is
+    raised on every rank, instead of leaving the others waiting in the next collective."""
+    result, error = None, None
+    if _is_rank0():
+        try:
+            result = work()
+        except Exception as caught:  # re-raised below, on every rank
+            error = caught
+    box = [(error is None, result if error is None else f"{type(error).__name__}: {error}")]
     if dist.get_world_size() > 1:
         dist.broadcast_object_list(box, src=0)
-    return box[0]
+    ok, payload = box[0]
+    if error is not None:
+        raise error
+    if not ok:
+        raise RuntimeError(f"rank 0 (the controller) failed: {payload}")
+    return payload
 
 
 def _gather_last_stage_metrics(metrics: dict | None) -> dict | None:
@@ -88,6 +101,13 @@ def run_rl(config: RLConfig) -> dict | None:
 def _run(config: RLConfig) -> dict | None:
     actor = build_actor(config.base_model, config.parallel, config.optimizer)
     groups = LossGroups.from_parallel_state()
+    rollout = config.rollout
+    check_batch_layout(
+        rollout.prompts_per_step * rollout.samples_per_prompt,
+        config.mini_batches_per_step,
+        config.micro_batch_size,
+        groups.dp_size,
+    )
     loss_config = config.loss
     if loss_config.vocab_size is None:  # leave Megatron's TP padding out of the softmax
         loss_config = dataclasses.replace(loss_config, vocab_size=actor.vocab_size)
@@ -99,17 +119,26 @@ def _run(config: RLConfig) -> dict | None:
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
         state = load_checkpoint(latest, actor.model, actor.optimizer)
-    controller = None
-    if _is_rank0():
+    controllers = []  # rank 0's, made inside _from_rank0 so its errors reach every rank
+
+    def start_controller() -> int:
         _write_run_config(config)
-        controller = Controller(config, actor.hf_config, state["prompt_cursor"], state["step"])
+        resumed_step = state["step"] if latest is not None else -1  # -1: a fresh log
+        controllers.append(
+            Controller(config, actor.hf_config, state["prompt_cursor"], resumed_step)
+        )
+        return controllers[0].pad_id
+
+    pad_id = _from_rank0(start_controller)
+    controller = controllers[0] if controllers else None
     engine = controller.engine if controller else None
-    pad_id = _broadcast_from_rank0(controller.pad_id if controller else None)
     last = None
     try:
         sync_weights(actor.model, actor.layout, engine, version=state["step"])
-        if controller and state["step"] == 0:
-            controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
+        if state["step"] == 0:
+            _from_rank0(
+                lambda: controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
+            )
         with StepProgress(config.steps, state["step"], config.progress and _is_rank0()) as bar:
             for step in range(state["step"] + 1, config.steps + 1):
                 last = _rl_step(
@@ -133,10 +162,13 @@ def _rl_step(
 ) -> dict | None:
     """One RL step on every rank; its metrics (logged) on rank 0."""
     start = time.perf_counter()
-    batch = controller.rollout(step) if controller else None
-    samples, advantages = _broadcast_from_rank0(
-        (batch.samples, batch.advantages.reshape(-1)) if batch else None
-    )
+    batches = []  # rank 0's rollout batch (its metrics stay there)
+
+    def rollout():
+        batches.append(controller.rollout(step))
+        return batches[0].samples, batches[0].advantages.reshape(-1), batches[0].trainable
+
+    samples, advantages, trainable = _from_rank0(rollout)
     rollout_s = time.perf_counter() - start
     train_metrics = train_on_samples(
         actor,
@@ -144,6 +176,7 @@ def _rl_step(
         groups,
         samples,
         advantages,
+        trainable,
         config.mini_batches_per_step,
         config.micro_batch_size,
         pad_id,
@@ -153,13 +186,16 @@ def _rl_step(
     train_metrics = _gather_last_stage_metrics(train_metrics)
     sync_weights(actor.model, actor.layout, controller.engine if controller else None, step)
     train_s = time.perf_counter() - start - rollout_s
-    if controller is None:
-        return None
-    metrics = {**batch.metrics, **train_metrics}
-    if _eval_due(config, step):
-        metrics.update(controller.evaluate())
-    metrics["time/rollout_s"] = rollout_s
-    metrics["time/train_s"] = train_s
-    metrics["time/step_s"] = time.perf_counter() - start
-    controller.log.log(step, metrics)
-    return metrics
+
+    def evaluate_and_log() -> None:
+        metrics = {**batches[0].metrics, **train_metrics}
+        if _eval_due(config, step):
+            metrics.update(controller.evaluate())
+        metrics["time/rollout_s"] = rollout_s
+        metrics["time/train_s"] = train_s
+        metrics["time/step_s"] = time.perf_counter() - start
+        controller.log.log(step, metrics)
+        batches[0] = metrics
+
+    _from_rank0(evaluate_and_log)
+    return batches[0] if controller else None

@@ -39,6 +39,7 @@ def samples_to_microbatches(
     seq_len: int,
     micro_batch_size: int,
     pad_id: int = 0,
+    trainable: list[bool] | None = None,
 ) -> list[PolicyMicroBatch]:
     """Micro-batches of ``micro_batch_size`` rows (the last may be smaller), in sample order.
 
@@ -48,6 +49,8 @@ def samples_to_microbatches(
         sample_indices: each sample's index within the whole optimizer step (all DP ranks), for
             the canonical token order.
         seq_len: row length; a sample longer than ``seq_len + 1`` tokens raises.
+        trainable: per sample, False for a row that only fills the batch (no valid tokens:
+            outside the selection, the normaliser and the gradient). None = all trainable.
     ``old_logprob`` holds the rollout engine's log-probs; the trainer's old-logprob pass may
     replace them with its own recomputation.
     """
@@ -57,6 +60,8 @@ def samples_to_microbatches(
             "sample indices must match"
         )
     rows = [_row(s, seq_len, pad_id) for s in samples]
+    if trainable is not None:
+        rows = [(t, v & keep, lp) for (t, v, lp), keep in zip(rows, trainable, strict=True)]
     microbatches = []
     for start in range(0, len(rows), micro_batch_size):
         chunk = slice(start, start + micro_batch_size)

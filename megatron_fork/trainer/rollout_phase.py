@@ -48,10 +48,18 @@ class RolloutBatch:
     advantages: torch.Tensor
     """[len(groups), G] GRPO advantages."""
     metrics: dict
+    informative_groups: int
+    """The first this-many groups are trained on; the rest only fill a short batch (their
+    rows carry no valid tokens into the loss)."""
 
     @property
     def samples(self) -> list[Sample]:
         return [s for g in self.groups for s in g.samples]
+
+    @property
+    def trainable(self) -> list[bool]:
+        """Per sample (in ``samples`` order): False for the filler groups' responses."""
+        return [i < self.informative_groups for i, g in enumerate(self.groups) for _ in g.samples]
 
 
 class GroupSampler:
@@ -130,9 +138,11 @@ def collect_rollout_batch(
     advantage: AdvantageConfig,
 ) -> RolloutBatch:
     """Generate rounds until ``target_groups`` informative groups (rewards not all equal in
-    correctness) are found or the rounds run out; a short batch is topped up with dropped
-    groups (zero advantage), so every step trains on the same number of samples (the config
-    guarantees a round holds at least ``target_groups`` prompts)."""
+    correctness) are found or the rounds run out. A short batch is topped up with dropped
+    groups so every step has the same shape (the config guarantees a round holds at least
+    ``target_groups`` prompts); they are marked untrainable (``RolloutBatch.trainable``) and
+    get zero advantage, so only the informative groups drive selection, normaliser and
+    gradient, as in DAPO."""
     generated: list[PromptGroup] = []
 
     def generate_round(round_index: int) -> list[PromptGroup]:
@@ -150,7 +160,7 @@ def collect_rollout_batch(
     advantages = group_advantages(torch.stack([g.rewards for g in groups]), advantage)
     advantages[len(kept) :] = 0.0  # filler: equal correctness, so no signal (not even shaping)
     metrics = _rollout_metrics(generated, groups, filled, len(padding))
-    return RolloutBatch(groups=groups, advantages=advantages, metrics=metrics)
+    return RolloutBatch(groups, advantages, metrics, informative_groups=len(kept))
 
 
 def _correctness(group: PromptGroup) -> torch.Tensor:

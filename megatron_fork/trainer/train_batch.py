@@ -10,15 +10,16 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_fork.forking.config import ForkingLossConfig
+from megatron_fork.parallel.groups import all_reduce_
 from megatron_fork.rollout.types import Sample
-from megatron_fork.trainer.actor import Actor, optimizer_step, zero_grads
+from megatron_fork.trainer.actor import Actor, device, optimizer_step, zero_grads
 from megatron_fork.trainer.actor_step import (
     forward_backward_step,
     old_logprob_pass,
     prepare_step,
 )
 from megatron_fork.trainer.parallel_groups import LossGroups
-from megatron_fork.trainer.policy_batch import PolicyMicroBatch
+from megatron_fork.trainer.policy_batch import PolicyMicroBatch, moved_to
 from megatron_fork.trainer.rollout_batch import samples_to_microbatches
 from megatron_fork.trainer.step_metrics import combine_microbatch_metrics
 
@@ -33,24 +34,39 @@ def step_seq_len(samples: list[Sample], cp_size: int) -> int:
     return math.ceil(longest / multiple) * multiple
 
 
+def check_batch_layout(
+    num_samples: int, num_mini_batches: int, micro_batch_size: int, dp_size: int
+) -> None:
+    """Every mini-batch must split into ``dp_size`` slices of whole micro-batches (checked at
+    start-up, before any rollout is spent)."""
+    per_mini = num_samples // num_mini_batches
+    if (
+        num_samples % num_mini_batches
+        or per_mini % dp_size
+        or (per_mini // dp_size) % (micro_batch_size)
+    ):
+        raise ValueError(
+            f"{num_samples} samples per step in {num_mini_batches} mini-batches must split into "
+            f"{dp_size} data-parallel slices of whole micro-batches of {micro_batch_size}: "
+            "adjust micro_batch_size, mini_batches_per_step or the rollout sizes"
+        )
+
+
 def mini_batch_shards(
     samples: list[Sample],
     advantages: torch.Tensor,
+    trainable: list[bool],
     num_mini_batches: int,
     micro_batch_size: int,
     groups: LossGroups,
     pad_id: int,
 ) -> list[list[PolicyMicroBatch]]:
-    """Per mini-batch, this rank's micro-batch CP shards. Mini-batch ``m`` is the ``m``-th
-    contiguous slice of the samples; DP rank ``d`` takes the ``d``-th slice of it."""
-    per_mini = len(samples) // num_mini_batches
+    """Per mini-batch, this rank's micro-batch CP shards, on this rank's device. Mini-batch
+    ``m`` is the ``m``-th contiguous slice of the samples; DP rank ``d`` takes the ``d``-th
+    slice of it."""
     dp_size, dp_rank = groups.dp_size, ps.get_data_parallel_rank()
-    if per_mini % dp_size or (per_mini // dp_size) % micro_batch_size:
-        raise ValueError(
-            f"a mini-batch of {per_mini} samples must split into {dp_size} data-parallel "
-            f"slices of whole micro-batches of {micro_batch_size}: adjust micro_batch_size, "
-            "mini_batches_per_step or the rollout sizes"
-        )
+    check_batch_layout(len(samples), num_mini_batches, micro_batch_size, dp_size)
+    per_mini = len(samples) // num_mini_batches
     rows = per_mini // dp_size
     seq_len = step_seq_len(samples, groups.cp_size)
     out = []
@@ -64,8 +80,9 @@ def mini_batch_shards(
             seq_len,
             micro_batch_size,
             pad_id,
+            [trainable[i] for i in indices],
         )
-        out.append([mb.context_parallel_shard(groups.cp) for mb in micro])
+        out.append([moved_to(mb.context_parallel_shard(groups.cp), device()) for mb in micro])
     return out
 
 
@@ -81,16 +98,16 @@ def _with_pass_logprobs(shards, old_pass, ref_pass):
     ]
 
 
-def _engine_mismatch(shards, old_pass) -> float | None:
-    """Mean |trainer - engine| log-prob over the valid tokens: the two should agree closely."""
-    if old_pass is None:
-        return None
-    diff = sum(
-        float((o.logprob - mb.old_logprob).abs()[mb.valid_mask].sum())
-        for mb, o in zip(shards, old_pass, strict=True)
-    )
-    count = sum(int(mb.valid_mask.sum()) for mb in shards)
-    return diff / max(count, 1)
+def _engine_mismatch(mini_batches, old_passes, dp_cp_group) -> float:
+    """Mean |trainer - engine| log-prob over the step's valid tokens (all DP x CP ranks; last
+    stage): the engine got the trainer's weights, so the two should agree closely."""
+    total = torch.zeros(2, dtype=torch.float64, device=device())
+    for shards, old_pass in zip(mini_batches, old_passes, strict=True):
+        for mb, o in zip(shards, old_pass, strict=True):
+            total[0] += (o.logprob - mb.old_logprob).abs()[mb.valid_mask].sum().double()
+            total[1] += mb.valid_mask.sum()
+    all_reduce_(total, dp_cp_group)
+    return float(total[0] / total[1].clamp(min=1))
 
 
 def train_on_samples(
@@ -99,6 +116,7 @@ def train_on_samples(
     groups: LossGroups,
     samples: list[Sample],
     advantages: torch.Tensor,
+    trainable: list[bool],
     num_mini_batches: int,
     micro_batch_size: int,
     pad_id: int,
@@ -107,32 +125,36 @@ def train_on_samples(
 ) -> dict | None:
     """Old-logprob pass (and the reference model's, for the KL term), then
     ``num_mini_batches`` optimizer steps. Returns the step's metrics on the last pipeline stage
-    (None elsewhere)."""
+    (None elsewhere). A mini-batch of filler rows only is skipped: no forward, no optimizer
+    step (Adam's momentum would still move the weights)."""
     mini_batches = mini_batch_shards(
-        samples, advantages, num_mini_batches, micro_batch_size, groups, pad_id
+        samples, advantages, trainable, num_mini_batches, micro_batch_size, groups, pad_id
     )
+    per_mini = len(samples) // num_mini_batches
+    trained = [any(trainable[m * per_mini : (m + 1) * per_mini]) for m in range(num_mini_batches)]
     old_passes = [old_logprob_pass(actor.model, mb, loss_config, groups) for mb in mini_batches]
     ref_passes = [
-        None
-        if reference_model is None
-        else old_logprob_pass(reference_model, mb, loss_config, groups)
+        old_logprob_pass(reference_model, mb, loss_config, groups) if reference_model else None
         for mb in mini_batches
     ]
-    mismatch = [_engine_mismatch(mb, old) for mb, old in zip(mini_batches, old_passes, strict=True)]
     outputs, optim = [], []
     for m, (shards, old, ref) in enumerate(zip(mini_batches, old_passes, ref_passes, strict=True)):
+        if not trained[m]:
+            continue
         shards = _with_pass_logprobs(shards, old, ref)
         prepared = prepare_step(
             actor.model, loss_config, shards, old, groups, first_optimizer_step + m
         )
         zero_grads(actor)
-        outputs.append(forward_backward_step(actor.model, prepared, groups))
+        outputs.extend(forward_backward_step(actor.model, prepared, groups) or [])
         optim.append(optimizer_step(actor))
     if not ps.is_pipeline_last_stage():
         return None
-    flat = [o for mini in outputs for o in mini]
-    metrics = combine_microbatch_metrics(flat, "train/", num_mini_batches)
-    metrics["train/engine_logprob_abs_diff"] = sum(mismatch) / len(mismatch)
-    for key in optim[0]:
-        metrics[key] = sum(o[key] for o in optim) / len(optim)
+    mismatch = _engine_mismatch(mini_batches, old_passes, groups.dp_cp)
+    metrics = {"train/skipped_mini_batches": float(trained.count(False))}
+    if optim:
+        metrics.update(combine_microbatch_metrics(outputs, "train/", len(optim)))
+        for key in optim[0]:
+            metrics[key] = sum(o[key] for o in optim) / len(optim)
+    metrics["train/engine_logprob_abs_diff"] = mismatch
     return metrics

@@ -26,12 +26,14 @@ from megatron_fork.data.tokenizer import (
 from megatron_fork.models.hf_directory import save_hf_model
 from megatron_fork.trainer.actor import (
     build_actor,
+    device,
     init_parallel,
     optimizer_step,
     shutdown_parallel,
     zero_grads,
 )
 from megatron_fork.trainer.parallel_groups import LossGroups
+from megatron_fork.trainer.policy_batch import moved_to
 from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
 from megatron_fork.trainer.sft_step import sft_forward_backward_step, sft_microbatch
 from megatron_fork.trainer.weight_sync import hf_buckets_on_rank0
@@ -133,7 +135,10 @@ def _warm_start(config: WarmStartConfig, scratch: Path) -> Path:
     rows = config.batch_size // dp_size
     for step in range(1, config.steps + 1):
         batch = stream.take(config.batch_size)[dp_rank * rows : (dp_rank + 1) * rows]
-        shards = _micro_batches(tokenizer, batch, ids.eos, ids.pad, config.micro_batch_size)
+        shards = [
+            moved_to(mb, device())
+            for mb in _micro_batches(tokenizer, batch, ids.eos, ids.pad, config.micro_batch_size)
+        ]
         zero_grads(actor)
         outputs = sft_forward_backward_step(actor.model, shards, groups, actor.vocab_size)
         optimizer_step(actor)

@@ -3,9 +3,11 @@
 Every rank of the model's first data-parallel replica streams its pipeline stage as Hugging
 Face-named tensors (TP shards all-gathered by ``iter_hf_weights``), in size-bounded buckets.
 The engine lives on global rank 0: with one process the buckets go straight in; with several,
-each stage's TP-rank-0 buckets are gathered to rank 0 (gloo objects: the CPU path; the GPU
-engines of the rollout service take buckets over their own transport). The new version is set
-only with the last bucket, so a partial sync never reports itself as the new weights.
+each stage's TP-rank-0 buckets are gathered to rank 0 in one ``gather_object`` (pickled over
+the process group: the CPU path for tiny models; it holds a whole stage per rank and the whole
+model on rank 0, so it is not the path for large models, whose rollout engines take buckets
+over their own transport). The new version is set only with the last bucket, so a partial
+sync never reports itself as the new weights.
 """
 
 import torch.distributed as dist

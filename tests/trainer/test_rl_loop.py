@@ -175,3 +175,20 @@ def test_other_loss_options_run_through_the_loop(base_model, tmp_path):
     for record in records[1:]:
         assert record["train/engine_logprob_abs_diff"] < 1e-5
         assert record["train/loss"] is not None and record["optim/grad_norm"] > 0
+
+
+def _bad_data_worker(rank, world, base_model, out_dir):
+    from megatron_fork.trainer.overrides import apply_overrides
+    from megatron_fork.trainer.rl_loop import run_rl
+
+    config = apply_overrides(
+        rl_config(base_model, out_dir, 1), ["data.eval='/nonexistent/aime.jsonl'"]
+    )
+    expected = FileNotFoundError if rank == 0 else RuntimeError
+    with pytest.raises(expected, match="aime.jsonl"):
+        run_rl(config)
+
+
+def test_a_controller_error_reaches_every_rank_instead_of_a_hang(base_model, tmp_path):
+    """Rank 0 cannot read the eval file: both ranks raise (rank 1 names rank 0's error)."""
+    run_distributed(_bad_data_worker, 2, base_model, str(tmp_path / "run"), timeout=120)

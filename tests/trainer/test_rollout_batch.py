@@ -56,3 +56,12 @@ def test_valid_positions_line_up_with_the_models_own_log_probs():
     torch.testing.assert_close(
         logprob[mb.valid_mask], mb.old_logprob[mb.valid_mask], atol=2e-5, rtol=0
     )
+
+
+def test_filler_rows_carry_no_valid_tokens():
+    samples = [_sample([5], [6, 7], [-0.1, -0.2], rid=str(i)) for i in range(3)]
+    (mb,) = samples_to_microbatches(
+        samples, torch.ones(3), [0, 1, 2], 4, 3, trainable=[True, False, True]
+    )
+    assert mb.valid_mask.sum(1).tolist() == [2, 0, 2]
+    assert mb.advantages[1].abs().sum() == 0 and mb.tokens[1].tolist() == [5, 6, 7, 0]

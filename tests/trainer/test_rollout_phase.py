@@ -60,6 +60,7 @@ def test_all_wrong_groups_are_dropped_and_the_batch_topped_up(sampler, prompts):
     assert batch.metrics["dynamic_sampling/padded_groups"] == 3
     assert batch.metrics["rollout/accuracy"] == 0.0
     torch.testing.assert_close(batch.advantages, torch.zeros(3, 4))  # no signal, no gradient
+    assert batch.informative_groups == 0 and batch.trainable == [False] * 12  # filler only
 
 
 def test_without_dynamic_sampling_the_first_round_is_kept(sampler, prompts):
