@@ -190,5 +190,7 @@ def _bad_data_worker(rank, world, base_model, out_dir):
 
 
 def test_a_controller_error_reaches_every_rank_instead_of_a_hang(base_model, tmp_path):
-    """Rank 0 cannot read the eval file: both ranks raise (rank 1 names rank 0's error)."""
+    """Rank 0 cannot read the eval file: both ranks raise (rank 1 names rank 0's error). Each
+    rank asserts in its worker (``pytest.raises``); ``run_distributed`` re-raises a failing
+    rank's error here, and its timeout fails the test if a rank hangs."""
     run_distributed(_bad_data_worker, 2, base_model, str(tmp_path / "run"), timeout=120)
