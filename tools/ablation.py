@@ -1,7 +1,8 @@
 """The ablation the paper never ran with seeds: token-selection strategies (top 20%, all
 tokens, bottom 80%, random 20%) or a rho sweep (top 10/20/50%), each over several RL seeds
-from one shared base model, on the tiny Qwen3 of ``make demo`` (its recipe, 40 RL steps). Prints mean +- std of the final
-held-out accuracy per arm and writes ``ablation.json`` and ``ablation.png``.
+from one shared base model, on the tiny Qwen3 of ``make demo`` (its recipe, 40 RL steps).
+Prints mean +- std of the final held-out accuracy per arm and writes ``ablation.json`` and
+``ablation.png``.
 
     python tools/ablation.py [--output runs/ablation] [--seeds 0 1 2] [--sweep strategy|rho]
                              [--set steps=40 ...]
