@@ -7,8 +7,8 @@ Prints mean +- std of the final held-out accuracy per arm and writes ``ablation.
     python tools/ablation.py [--output runs/ablation] [--seeds 0 1 2] [--sweep strategy|rho]
                              [--set steps=40 ...]
 
-Each (arm, seed) run is its own folder; a finished one (summary present) is not rerun, so an
-interrupted ablation continues where it stopped.
+Each (arm, seed) run is its own folder; a finished one with the same settings is not rerun, so
+an interrupted ablation continues where it stopped.
 """
 
 import argparse
@@ -60,14 +60,18 @@ def run_arm(base: Path, run_dir: Path, seed: int, overrides: list[str]) -> dict:
 
     done = run_dir / SUMMARY_FILE
     if done.is_file():
-        return json.loads(done.read_text())
+        summary = json.loads(done.read_text())
+        if summary.get("overrides") == overrides:  # same settings: keep the finished run
+            return summary
     shutil.rmtree(run_dir / "run", ignore_errors=True)
     config = tiny_qwen3_cpu.rl(base, run_dir / "run", seed)
     config = apply_overrides(config, [*overrides, "progress=False", "tensorboard=False"])
     start = time.perf_counter()
     run_rl(config)
     return write_run_report(
-        run_dir / "run", run_dir, {"wall_seconds": time.perf_counter() - start, "seed": seed}
+        run_dir / "run",
+        run_dir,
+        {"wall_seconds": time.perf_counter() - start, "seed": seed, "overrides": overrides},
     )
 
 
