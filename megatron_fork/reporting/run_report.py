@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+from megatron_fork.atomic_files import write_text_atomically
 from megatron_fork.trainer.metrics_log import METRICS_FILE, read_metrics
 
 SUMMARY_FILE = "summary.json"
@@ -81,7 +82,7 @@ def write_run_report(run_dir: str | Path, report_dir: str | Path, extra: dict) -
     records = read_metrics(Path(run_dir) / METRICS_FILE)
     summary = {**summarize(records), **extra}
     plot_curves(records, report_dir / PLOT_FILE, extra.get("title", str(run_dir)))
-    tmp = report_dir / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, report_dir / SUMMARY_FILE)
+    write_text_atomically(
+        report_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    )
     return summary

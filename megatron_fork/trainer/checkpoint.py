@@ -16,6 +16,8 @@ from pathlib import Path
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from megatron_fork.atomic_files import write_text_atomically
+
 LATEST_FILE = "latest"
 TRAINER_STATE_FILE = "trainer_state.json"
 
@@ -41,12 +43,6 @@ def _sharded_state(model, optimizer, is_loading: bool) -> dict:
     return state
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(root, step: int, model, optimizer=None, trainer_state: dict | None = None):
     """Collective: every rank calls it. Returns the checkpoint's directory."""
     final = checkpoint_dir(root, step)
@@ -62,7 +58,7 @@ def save_checkpoint(root, step: int, model, optimizer=None, trainer_state: dict 
         (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _write_atomically(Path(root) / LATEST_FILE, final.name)
+        write_text_atomically(Path(root) / LATEST_FILE, final.name)
     _barrier()
     return final
 

@@ -8,8 +8,9 @@ checkpoint and is run again appears once; a run restarted before its first check
 
 import json
 import math
-import os
 from pathlib import Path
+
+from megatron_fork.atomic_files import write_text_atomically
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -48,9 +49,9 @@ class MetricsLog:
         if not self.path.is_file():
             return
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_text_atomically(
+            self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+        )
 
     def log(self, step: int, metrics: dict) -> None:
         record = {"step": step, **{k: _json_value(v) for k, v in sorted(metrics.items())}}

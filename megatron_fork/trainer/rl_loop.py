@@ -9,12 +9,12 @@ reproduces, on CPU, the metrics of an uninterrupted run exactly.
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import torch.distributed as dist
 
+from megatron_fork.atomic_files import write_text_atomically
 from megatron_fork.trainer.actor import (
     build_actor,
     build_reference_model,
@@ -73,9 +73,9 @@ def _gather_last_stage_metrics(metrics: dict | None) -> dict | None:
 def _write_run_config(config: RLConfig) -> None:
     path = Path(config.output_dir) / RUN_CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(
+        path, json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n"
+    )
 
 
 def _eval_due(config: RLConfig, step: int) -> bool:
