@@ -154,7 +154,8 @@ def build_actor(
     load_weights: bool = True,
 ) -> Actor:
     """Megatron Qwen3 for ``model_dir``'s config, with its HF weights, in Megatron DDP, plus
-    Megatron's Adam. ``load_weights=False`` keeps the random initialisation (the warm start)."""
+    Megatron's Adam. ``load_weights=False`` keeps the random initialisation (the warm start, or
+    a run about to load a checkpoint)."""
     hf_config = read_hf_config(model_dir)
     model = _megatron_model(hf_config, parallel)
     layout = Qwen3Layout.from_hf_config(hf_config)

@@ -78,13 +78,8 @@ def _write_run_config(config: RLConfig) -> None:
     )
 
 
-def _eval_due(config: RLConfig, step: int) -> bool:
-    every = config.eval.every
-    return step == config.steps or (every > 0 and step % every == 0)
-
-
-def _checkpoint_due(config: RLConfig, step: int) -> bool:
-    every = config.checkpoint_every
+def _due(every: int, step: int, config: RLConfig) -> bool:
+    """Every ``every`` steps (0: never) and at the last step."""
     return step == config.steps or (every > 0 and step % every == 0)
 
 
@@ -99,7 +94,12 @@ def run_rl(config: RLConfig) -> dict | None:
 
 
 def _run(config: RLConfig) -> dict | None:
-    actor = build_actor(config.base_model, config.parallel, config.optimizer)
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    latest = latest_checkpoint(checkpoints)
+    # Resuming: the checkpoint overwrites the weights, so the base model's are not read.
+    actor = build_actor(
+        config.base_model, config.parallel, config.optimizer, load_weights=latest is None
+    )
     groups = LossGroups.from_parallel_state()
     rollout = config.rollout
     check_batch_layout(
@@ -114,9 +114,7 @@ def _run(config: RLConfig) -> dict | None:
     reference = None
     if loss_config.kl_coef > 0:  # the KL term's reference: the frozen base model
         reference = build_reference_model(config.base_model, config.parallel)
-    checkpoints = Path(config.output_dir) / "checkpoints"
     state = {"step": 0, "prompt_cursor": 0}
-    latest = latest_checkpoint(checkpoints)
     if latest is not None:
         state = load_checkpoint(latest, actor.model, actor.optimizer)
     controllers = []  # rank 0's, made inside _from_rank0 so its errors reach every rank
@@ -145,7 +143,7 @@ def _run(config: RLConfig) -> dict | None:
                     config, actor, reference, groups, loss_config, controller, pad_id, step
                 )
                 bar.advance(last or {})
-                if _checkpoint_due(config, step):
+                if _due(config.checkpoint_every, step, config):
                     cursor = controller.stream.cursor if controller else None
                     save_checkpoint(
                         checkpoints, step, actor.model, actor.optimizer, {"prompt_cursor": cursor}
@@ -189,7 +187,7 @@ def _rl_step(
 
     def evaluate_and_log() -> None:
         metrics = {**batches[0].metrics, **train_metrics}
-        if _eval_due(config, step):
+        if _due(config.eval.every, step, config):
             metrics.update(controller.evaluate())
         metrics["time/rollout_s"] = rollout_s
         metrics["time/train_s"] = train_s
