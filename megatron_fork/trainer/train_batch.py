@@ -26,12 +26,16 @@ from megatron_fork.trainer.step_metrics import combine_microbatch_metrics
 SEQ_LEN_MULTIPLE = 8
 
 
-def step_seq_len(samples: list[Sample], cp_size: int) -> int:
-    """Row length of the step: the longest prompt + response, less one (next-token rows),
+def row_length(longest_sequence: int, cp_size: int = 1) -> int:
+    """Length of next-token rows for sequences of up to ``longest_sequence`` tokens (one less),
     rounded up to a multiple of 8 and of 2 x CP (Megatron's load-balanced CP split)."""
-    longest = max(len(s.prompt_ids) + len(s.output_ids) for s in samples) - 1
     multiple = math.lcm(SEQ_LEN_MULTIPLE, 2 * cp_size) if cp_size > 1 else SEQ_LEN_MULTIPLE
-    return math.ceil(longest / multiple) * multiple
+    return math.ceil((longest_sequence - 1) / multiple) * multiple
+
+
+def step_seq_len(samples: list[Sample], cp_size: int) -> int:
+    """Row length of the step: its longest prompt + response (``row_length``)."""
+    return row_length(max(len(s.prompt_ids) + len(s.output_ids) for s in samples), cp_size)
 
 
 def check_batch_layout(

@@ -6,7 +6,6 @@ Short on purpose: the base model must leave room for RL (the demo aims at 10-60%
 accuracy), as a real base model solves some problems and not others.
 """
 
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import moved_to
 from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
 from megatron_fork.trainer.sft_step import sft_forward_backward_step, sft_microbatch
+from megatron_fork.trainer.train_batch import row_length
 from megatron_fork.trainer.weight_sync import hf_buckets_on_rank0
 
 
@@ -87,8 +87,7 @@ def _micro_batches(tokenizer, examples, eos_id, pad_id, micro_batch_size):
         )
         for e in examples
     ]
-    longest = max(len(p) + len(c) for p, c in pairs) - 1
-    seq_len = math.ceil(longest / 8) * 8
+    seq_len = row_length(max(len(p) + len(c) for p, c in pairs))
     return [
         sft_microbatch(pairs[i : i + micro_batch_size], seq_len, pad_id)
         for i in range(0, len(pairs), micro_batch_size)
