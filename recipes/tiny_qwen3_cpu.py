@@ -9,6 +9,7 @@ with the paper's top-20% forking-token loss raises it. Everything else is the pa
 sampling).
 """
 
+import time
 from pathlib import Path
 
 from megatron_fork.forking.config import ForkingLossConfig
@@ -19,7 +20,7 @@ from megatron_fork.trainer.rl_config import (
     RLConfig,
     RolloutConfig,
 )
-from megatron_fork.trainer.warm_start import WarmStartConfig
+from megatron_fork.trainer.warm_start import WarmStartConfig, run_warm_start
 
 MAX_NEW_TOKENS = 48
 """The task's solutions are 34 tokens with the end token; 48 leaves room to ramble."""
@@ -27,6 +28,18 @@ MAX_NEW_TOKENS = 48
 
 def warm_start(output_dir: str | Path, seed: int = 0) -> WarmStartConfig:
     return WarmStartConfig(output_dir=str(output_dir), steps=80, batch_size=64, seed=seed)
+
+
+def ensure_base_model(output: str | Path, seed: int = 0) -> tuple[Path, float]:
+    """``output/base_model``, warm-started now unless a complete one is there (the demo and the
+    ablation reuse it, as a real base model); returns it and the seconds the warm start took."""
+    base = Path(output) / "base_model"
+    if (base / "model.safetensors").is_file():
+        print(f"reusing the base model in {base}")
+        return base, 0.0
+    start = time.perf_counter()
+    run_warm_start(warm_start(base, seed))
+    return base, time.perf_counter() - start
 
 
 def rl(base_model: str | Path, output_dir: str | Path, seed: int = 0) -> RLConfig:

@@ -103,10 +103,7 @@ def _std(values: list[float]) -> float:
 
 def main() -> None:
     args = parse_args()
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from demo import ensure_base_model
+    from recipes.tiny_qwen3_cpu import ensure_base_model
 
     output = Path(args.output)
     base, _ = ensure_base_model(output, seed=0)

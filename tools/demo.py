@@ -38,20 +38,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def ensure_base_model(output: Path, seed: int) -> tuple[Path, float]:
-    """The warm-started base model (trained now unless a complete one is there)."""
-    from megatron_fork.trainer.warm_start import run_warm_start
-    from recipes import tiny_qwen3_cpu
-
-    base = output / "base_model"
-    if (base / "model.safetensors").is_file():
-        print(f"reusing the base model in {base}")
-        return base, 0.0
-    start = time.perf_counter()
-    run_warm_start(tiny_qwen3_cpu.warm_start(base, seed))
-    return base, time.perf_counter() - start
-
-
 def print_table(summary: dict) -> None:
     table = Table(title="forking-token RL on the tiny Qwen3 (held-out split)")
     table.add_column("")
@@ -90,7 +76,7 @@ def main() -> None:
     args = parse_args()
     start = time.perf_counter()
     output = Path(args.output)
-    base, warm_seconds = ensure_base_model(output, args.seed)
+    base, warm_seconds = tiny_qwen3_cpu.ensure_base_model(output, args.seed)
     run_dir = output / "run"
     if not args.resume:
         shutil.rmtree(run_dir, ignore_errors=True)
