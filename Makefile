@@ -17,8 +17,8 @@ $(STAMP): requirements/cpu.txt pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check megatron_fork recipes tests tools
-	$(VENV)/bin/ruff format --check megatron_fork recipes tests tools
+	$(VENV)/bin/ruff check megatron_fork recipes checkpoints_convert tests tools
+	$(VENV)/bin/ruff format --check megatron_fork recipes checkpoints_convert tests tools
 
 test: lint
 	$(PY) -m pytest -q tests

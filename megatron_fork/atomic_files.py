@@ -1,7 +1,10 @@
-"""Small files written whole or not at all: into a temporary sibling, then renamed into place,
-so a crash never leaves half a file under the final name."""
+"""Files and directories written whole or not at all: into a temporary sibling, then renamed
+into place, so a crash never leaves half of one under the final name."""
 
 import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -10,3 +13,33 @@ def write_text_atomically(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+@contextmanager
+def directory_written_atomically(
+    final: str | Path, leader: bool = True, barrier: Callable[[], None] = lambda: None
+) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``final``; when the block ends it replaces ``final``.
+
+    With several processes writing into it, each passes ``barrier`` (the collective all of
+    them join) and only the ``leader`` creates, renames and cleans up. A process killed inside
+    the block leaves ``final`` as it was (absent or the previous version), never half-written;
+    an exception on the leader removes the temporary directory.
+    """
+    final = Path(final)
+    tmp = final.with_name(final.name + ".tmp")
+    if leader:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed earlier
+        tmp.mkdir(parents=True)
+    barrier()
+    try:
+        yield tmp
+    except BaseException:
+        if leader:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier()
+    if leader:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    barrier()

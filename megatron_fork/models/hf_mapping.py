@@ -148,6 +148,18 @@ def _local_parameters(model) -> Iterator[tuple[str, torch.nn.Parameter]]:
     return module.named_parameters()
 
 
+def _exported_rules(model, layout: Qwen3Layout, layer_offset: int):
+    for name, param in _local_parameters(model):
+        if name == "output_layer.weight" and layout.tie_embeddings:
+            continue
+        yield param, _rule_for(name, layer_offset, layout)
+
+
+def stage_hf_names(model, layout: Qwen3Layout, layer_offset: int = 0) -> list[str]:
+    """The HF names ``iter_hf_weights`` yields for this stage, in order (no collective)."""
+    return [n for _, rule in _exported_rules(model, layout, layer_offset) for n in rule.hf_names]
+
+
 def iter_hf_weights(
     model, layout: Qwen3Layout, tp_group=None, layer_offset: int = 0
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -158,10 +170,7 @@ def iter_hf_weights(
     embedding). Unsplit parameters (TP=1, norms) come out as views of the live weights: a
     consumer that keeps a tensor past the next optimizer step must copy it.
     """
-    for name, param in _local_parameters(model):
-        if name == "output_layer.weight" and layout.tie_embeddings:
-            continue
-        rule = _rule_for(name, layer_offset, layout)
+    for param, rule in _exported_rules(model, layout, layer_offset):
         hf_tensors = rule.to_hf(gather_full(param, tp_group), layout)
         yield from zip(rule.hf_names, hf_tensors, strict=True)
 
@@ -173,8 +182,10 @@ def load_hf_weights_(
     tp_rank: int = 0,
     tp_size: int = 1,
     layer_offset: int = 0,
+    on_param: Callable[[str], None] | None = None,
 ) -> None:
-    """Copy HF-named tensors into this rank's Megatron parameters (its TP shard, its stage)."""
+    """Copy HF-named tensors into this rank's Megatron parameters (its TP shard, its stage),
+    one parameter at a time (``hf_weights`` may read lazily); ``on_param(name)`` after each."""
     with torch.no_grad():
         for name, param in _local_parameters(model):
             rule = _rule_for(name, layer_offset, layout)
@@ -190,6 +201,8 @@ def load_hf_weights_(
                     f"the model has {tuple(param.shape)}: do the configs match?"
                 )
             param.copy_(shard)
+            if on_param is not None:
+                on_param(name)
 
 
 def _full_shape(param, tp_size: int) -> torch.Size:

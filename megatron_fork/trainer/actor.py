@@ -23,12 +23,16 @@ from megatron.core.distributed import (
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
-from safetensors.torch import load_file
 from transformers import Qwen3Config
 
-from megatron_fork.models.hf_directory import HF_WEIGHTS_FILE
 from megatron_fork.models.hf_mapping import Qwen3Layout, load_hf_weights_
+from megatron_fork.models.hf_weights import HFWeights
 from megatron_fork.models.qwen3 import build_qwen3_model
+from megatron_fork.trainer.checkpoint import (
+    hf_metadata_dir,
+    is_megatron_checkpoint,
+    load_model_weights,
+)
 from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
 
 
@@ -81,11 +85,9 @@ def read_hf_config(model_dir: str | Path) -> Qwen3Config:
     return config
 
 
-def read_hf_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(model_dir) / HF_WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no weights (one {HF_WEIGHTS_FILE} file is read)")
-    return load_file(str(path))
+def read_model_config(model_source: str | Path) -> Qwen3Config:
+    """The Hugging Face config of a model folder or of a Megatron checkpoint (its ``hf/``)."""
+    return read_hf_config(hf_metadata_dir(model_source))
 
 
 @dataclass
@@ -112,7 +114,7 @@ def device() -> torch.device:
     )
 
 
-def _megatron_model(hf_config, parallel: ParallelConfig):
+def megatron_model(hf_config, parallel: ParallelConfig, params_dtype=torch.float32):
     """This rank's part of the Megatron Qwen3 (random init), on the GPU when there is one."""
     on_cpu = not torch.cuda.is_available()
     model = build_qwen3_model(
@@ -120,6 +122,7 @@ def _megatron_model(hf_config, parallel: ParallelConfig):
         parallel.tensor_parallel,
         parallel.pipeline_parallel,
         vocab_multiple=parallel.vocab_multiple,
+        params_dtype=params_dtype,
         on_cpu=on_cpu,
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
@@ -127,10 +130,14 @@ def _megatron_model(hf_config, parallel: ParallelConfig):
     return model if on_cpu else model.cuda()
 
 
-def _load_base_weights(model, model_dir, layout: Qwen3Layout, parallel: ParallelConfig) -> None:
+def _load_base_weights(model, source, layout: Qwen3Layout, parallel: ParallelConfig) -> None:
+    """From a Megatron checkpoint (any layout) or a Hugging Face folder (tensor by tensor)."""
+    if is_megatron_checkpoint(source):
+        load_model_weights(source, model)
+        return
     load_hf_weights_(
         model,
-        read_hf_weights(model_dir),
+        HFWeights(source),
         layout,
         ps.get_tensor_model_parallel_rank(),
         parallel.tensor_parallel,
@@ -141,8 +148,8 @@ def _load_base_weights(model, model_dir, layout: Qwen3Layout, parallel: Parallel
 def build_reference_model(model_dir: str | Path, parallel: ParallelConfig):
     """A frozen copy of the base model (no DDP, no optimizer) for the KL term's reference
     log-probs; built only when ``loss.kl_coef > 0``."""
-    hf_config = read_hf_config(model_dir)
-    model = _megatron_model(hf_config, parallel)
+    hf_config = read_model_config(model_dir)
+    model = megatron_model(hf_config, parallel)
     _load_base_weights(model, model_dir, Qwen3Layout.from_hf_config(hf_config), parallel)
     return model.eval().requires_grad_(False)
 
@@ -153,11 +160,12 @@ def build_actor(
     optim: OptimizerSettings,
     load_weights: bool = True,
 ) -> Actor:
-    """Megatron Qwen3 for ``model_dir``'s config, with its HF weights, in Megatron DDP, plus
-    Megatron's Adam. ``load_weights=False`` keeps the random initialisation (the warm start, or
-    a run about to load a checkpoint)."""
-    hf_config = read_hf_config(model_dir)
-    model = _megatron_model(hf_config, parallel)
+    """Megatron Qwen3 for ``model_dir``'s config, with its weights, in Megatron DDP, plus
+    Megatron's Adam. ``model_dir`` is a Hugging Face folder or a Megatron checkpoint (e.g. one
+    converted by ``checkpoints_convert hf-to-mcore``, at any layout). ``load_weights=False``
+    keeps the random initialisation (the warm start, or a run about to load a checkpoint)."""
+    hf_config = read_model_config(model_dir)
+    model = megatron_model(hf_config, parallel)
     layout = Qwen3Layout.from_hf_config(hf_config)
     if load_weights:
         _load_base_weights(model, model_dir, layout, parallel)

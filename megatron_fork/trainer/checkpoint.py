@@ -1,5 +1,6 @@
 """Checkpoints in Megatron's distributed format: model and optimizer shards of every rank,
-readable at any TP/PP layout (Megatron reshards on load), plus a small JSON of trainer state.
+readable at any TP/PP layout (Megatron reshards on load), plus a small JSON of trainer state
+and the model's Hugging Face config and tokenizer files (``hf/``).
 
 A checkpoint is written into ``step_XXXXXXXX.tmp`` and renamed to ``step_XXXXXXXX`` only when
 every rank has finished, then ``latest`` is replaced atomically: a run killed mid-save leaves the
@@ -9,17 +10,19 @@ starts helper processes with the spawn method, which re-imports the main module)
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
-from megatron_fork.atomic_files import write_text_atomically
+from megatron_fork.atomic_files import directory_written_atomically, write_text_atomically
+from megatron_fork.models.hf_directory import copy_hf_metadata
+from megatron_fork.trainer.dcp_metadata import DIST_METADATA_FILE, read_checkpoint_metadata
 
 LATEST_FILE = "latest"
 TRAINER_STATE_FILE = "trainer_state.json"
+HF_METADATA_DIR = "hf"
 
 
 def checkpoint_dir(root: str | Path, step: int) -> Path:
@@ -43,24 +46,57 @@ def _sharded_state(model, optimizer, is_loading: bool) -> dict:
     return state
 
 
-def save_checkpoint(root, step: int, model, optimizer=None, trainer_state: dict | None = None):
-    """Collective: every rank calls it. Returns the checkpoint's directory."""
+def write_checkpoint(
+    directory, model, optimizer=None, trainer_state: dict | None = None, hf_metadata=None
+) -> Path:
+    """Collective: every rank calls it. Writes the model (and optimizer) shards of every rank
+    into ``directory`` as one unit (an existing one is replaced), with the Hugging Face config
+    and tokenizer files of ``hf_metadata`` (a model folder) in its ``hf/`` subfolder, so the
+    checkpoint alone describes its model (conversion back to Hugging Face needs nothing else).
+    """
+    with directory_written_atomically(directory, _is_first_rank(), _barrier) as tmp:
+        dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(tmp))
+        if _is_first_rank():
+            if hf_metadata is not None:
+                copy_hf_metadata(hf_metadata, tmp / HF_METADATA_DIR)
+            if trainer_state is not None:
+                text = json.dumps(trainer_state, indent=2, sort_keys=True)
+                (tmp / TRAINER_STATE_FILE).write_text(text)
+    return Path(directory)
+
+
+def save_checkpoint(
+    root, step: int, model, optimizer=None, trainer_state: dict | None = None, hf_metadata=None
+):
+    """Collective: the step's checkpoint under ``root``, then ``latest`` points at it. Returns
+    the checkpoint's directory."""
     final = checkpoint_dir(root, step)
-    tmp = final.with_name(final.name + ".tmp")
+    write_checkpoint(final, model, optimizer, {"step": step, **(trainer_state or {})}, hf_metadata)
     if _is_first_rank():
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
-        tmp.mkdir(parents=True)
-    _barrier()
-    dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(tmp))
-    _barrier()
-    if _is_first_rank():
-        state = {"step": step, **(trainer_state or {})}
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
         write_text_atomically(Path(root) / LATEST_FILE, final.name)
     _barrier()
     return final
+
+
+def is_megatron_checkpoint(path) -> bool:
+    """A directory Megatron's distributed checkpointing wrote (a converted model or a trainer
+    checkpoint)."""
+    return (Path(path) / DIST_METADATA_FILE).is_file()
+
+
+def hf_metadata_dir(model_source) -> Path:
+    """Where a model source's config.json and tokenizer files are: a Hugging Face folder
+    itself, or a Megatron checkpoint's ``hf/`` subfolder."""
+    path = Path(model_source)
+    return path / HF_METADATA_DIR if is_megatron_checkpoint(path) else path
+
+
+def load_model_weights(path, model) -> None:
+    """Collective: only the model's weights from a Megatron checkpoint (a converted one or a
+    trainer's; its optimizer state is not read), at this run's layout."""
+    read_checkpoint_metadata(path)  # refuses a checkpoint whose index is not plain metadata
+    loaded = dist_checkpointing.load(_sharded_state(model, None, is_loading=True), str(path))
+    getattr(model, "module", model).load_state_dict(loaded["model"])
 
 
 def latest_checkpoint(root) -> Path | None:
@@ -82,6 +118,7 @@ def load_checkpoint(path, model, optimizer=None) -> dict:
             f"{path} is not a complete checkpoint (no {TRAINER_STATE_FILE}); use "
             "latest_checkpoint(root) to find the newest complete one."
         )
+    read_checkpoint_metadata(path)  # refuses a checkpoint whose index is not plain metadata
     loaded = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True), str(path))
     getattr(model, "module", model).load_state_dict(loaded["model"])
     if optimizer is not None:

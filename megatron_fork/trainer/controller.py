@@ -11,6 +11,7 @@ from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
 from megatron_fork.rewards.scorer import MathRewardScorer
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import SamplingParams
+from megatron_fork.trainer.checkpoint import hf_metadata_dir
 from megatron_fork.trainer.metrics_log import MetricsLog
 from megatron_fork.trainer.rl_config import RLConfig
 from megatron_fork.trainer.rollout_phase import (
@@ -49,7 +50,7 @@ def data_metrics(reports) -> dict:
 class Controller:
     def __init__(self, config: RLConfig, hf_config, prompt_cursor: int, resume_step: int):
         self.config = config
-        self.tokenizer = load_tokenizer(config.base_model)
+        self.tokenizer = load_tokenizer(hf_metadata_dir(config.base_model))
         ids = special_token_ids(self.tokenizer)
         self.pad_id, self.eos_id = ids.pad, ids.eos
         sets = load_prompt_sets(config.data)

@@ -85,7 +85,8 @@ class ParallelConfig:
 @dataclass(frozen=True)
 class RLConfig:
     base_model: str
-    """A Hugging Face model directory (config.json, safetensors weights, tokenizer.json)."""
+    """A Hugging Face model directory (config.json, safetensors weights, tokenizer.json) or a
+    Megatron checkpoint with its ``hf/`` files (``checkpoints_convert hf-to-mcore``)."""
     output_dir: str
     steps: int = 40
     """RL (rollout) steps of the run."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_fork.atomic_files import write_text_atomically
+from megatron_fork.parallel.rank0 import from_rank0
 from megatron_fork.trainer.actor import (
     build_actor,
     build_reference_model,
@@ -22,6 +23,7 @@ from megatron_fork.trainer.actor import (
     shutdown_parallel,
 )
 from megatron_fork.trainer.checkpoint import (
+    hf_metadata_dir,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -39,26 +41,6 @@ RUN_CONFIG_FILE = "run_config.json"
 
 def _is_rank0() -> bool:
     return dist.get_rank() == 0
-
-
-def _from_rank0(work):
-    """``work()`` on rank 0 (the controller), its result on every rank. An error there is
-    raised on every rank, instead of leaving the others waiting in the next collective."""
-    result, error = None, None
-    if _is_rank0():
-        try:
-            result = work()
-        except Exception as caught:  # re-raised below, on every rank
-            error = caught
-    box = [(error is None, result if error is None else f"{type(error).__name__}: {error}")]
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(box, src=0)
-    ok, payload = box[0]
-    if error is not None:
-        raise error
-    if not ok:
-        raise RuntimeError(f"rank 0 (the controller) failed: {payload}")
-    return payload
 
 
 def _gather_last_stage_metrics(metrics: dict | None) -> dict | None:
@@ -117,7 +99,7 @@ def _run(config: RLConfig) -> dict | None:
     state = {"step": 0, "prompt_cursor": 0}
     if latest is not None:
         state = load_checkpoint(latest, actor.model, actor.optimizer)
-    controllers = []  # rank 0's, made inside _from_rank0 so its errors reach every rank
+    controllers = []  # rank 0's, made inside from_rank0 so its errors reach every rank
 
     def start_controller() -> int:
         _write_run_config(config)
@@ -127,14 +109,14 @@ def _run(config: RLConfig) -> dict | None:
         )
         return controllers[0].pad_id
 
-    pad_id = _from_rank0(start_controller)
+    pad_id = from_rank0(start_controller)
     controller = controllers[0] if controllers else None
     engine = controller.engine if controller else None
     last = None
     try:
         sync_weights(actor.model, actor.layout, engine, version=state["step"])
         if state["step"] == 0:
-            _from_rank0(
+            from_rank0(
                 lambda: controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
             )
         with StepProgress(config.steps, state["step"], config.progress and _is_rank0()) as bar:
@@ -146,7 +128,12 @@ def _run(config: RLConfig) -> dict | None:
                 if _due(config.checkpoint_every, step, config):
                     cursor = controller.stream.cursor if controller else None
                     save_checkpoint(
-                        checkpoints, step, actor.model, actor.optimizer, {"prompt_cursor": cursor}
+                        checkpoints,
+                        step,
+                        actor.model,
+                        actor.optimizer,
+                        {"prompt_cursor": cursor},
+                        hf_metadata=hf_metadata_dir(config.base_model),
                     )
                     prune_checkpoints(checkpoints, config.keep_checkpoints)
     finally:
@@ -166,7 +153,7 @@ def _rl_step(
         batches.append(controller.rollout(step))
         return batches[0].samples, batches[0].advantages.reshape(-1), batches[0].trainable
 
-    samples, advantages, trainable = _from_rank0(rollout)
+    samples, advantages, trainable = from_rank0(rollout)
     rollout_s = time.perf_counter() - start
     train_metrics = train_on_samples(
         actor,
@@ -195,5 +182,5 @@ def _rl_step(
         controller.log.log(step, metrics)
         batches[0] = metrics
 
-    _from_rank0(evaluate_and_log)
+    from_rank0(evaluate_and_log)
     return batches[0] if controller else None

@@ -20,23 +20,10 @@ import pytest
 
 from megatron_fork.trainer.metrics_log import read_metrics
 from tests.support.distributed import run_distributed
-from tests.support.tiny_run import comparable, rl_config, warm_start_config, write_config
+from tests.support.tiny_run import comparable, rl_config, write_config
 
 STEPS = 4
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def _warm_start_worker(rank, world, out_dir):
-    from megatron_fork.trainer.warm_start import run_warm_start
-
-    run_warm_start(warm_start_config(out_dir))
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "model"
-    run_distributed(_warm_start_worker, 1, str(out))
-    return out
 
 
 def _command(config_path, nproc: int = 1) -> list[str]:
