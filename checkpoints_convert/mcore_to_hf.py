@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+from torch.distributed.checkpoint.api import CheckpointException
 from transformers import GenerationConfig
 
 from checkpoints_convert.checks import check_output, check_parallel_layout
@@ -53,9 +54,11 @@ def _barrier() -> None:
     dist.barrier()
 
 
-def _write_stage_shards(model, layout, tmp: Path, max_shard_bytes: int, on_param) -> list:
+def _write_stage_shards(model, layout, tmp: Path, dtype, max_shard_bytes: int, on_param) -> list:
     """Every rank streams its stage (the TP all-gathers are collective); the stage's first TP
-    rank of the first data-parallel replica writes. Returns (stage, shard records)."""
+    rank of the first data-parallel replica writes, every tensor in ``dtype`` (Megatron keeps
+    some norms in fp32 whatever the model's dtype; a HF folder has one). Returns (stage,
+    shard records)."""
     module = getattr(model, "module", model)
     offset = get_transformer_layer_offset(module.config)
     stage = ps.get_pipeline_model_parallel_rank()
@@ -64,7 +67,7 @@ def _write_stage_shards(model, layout, tmp: Path, max_shard_bytes: int, on_param
     tp_group = ps.get_tensor_model_parallel_group()
     for name, tensor in iter_hf_weights(model, layout, tp_group, offset):
         if writes:
-            writer.add(name, tensor)
+            writer.add(name, tensor.to(dtype))
         if on_param is not None:
             on_param(name)
     return [(stage, writer.close())] if writes else []
@@ -85,9 +88,9 @@ def _write_metadata(tmp: Path, source: Path, hf_config, dtype: torch.dtype) -> N
     copy_hf_metadata(source, tmp)
     config = json.loads((tmp / "config.json").read_text())
     key = "dtype" if "dtype" in config else "torch_dtype"
-    name = str(dtype).removeprefix("torch.")
-    if config.get(key) != name:
-        config[key] = name
+    named = config.get(key) or "float32"  # no dtype in a config means float32
+    if named != str(dtype).removeprefix("torch."):
+        config[key] = str(dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if not (tmp / "generation_config.json").is_file():
         GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)
@@ -121,17 +124,18 @@ def convert_mcore_to_hf(
     model = megatron_model(hf_config, parallel, params_dtype=dtype)
     try:
         load_model_weights(mcore_dir, model)
-    except Exception as error:
+    except (Exception, CheckpointException) as error:  # PyTorch's is a BaseException
+        last_line = str(error).strip().splitlines()[-1]  # its message ends a rank's traceback
         raise ValueError(
             f"{mcore_dir}: the checkpoint does not fit the model {source}/config.json describes "
-            f"({type(error).__name__}: {error}); pass the config it was trained with"
+            f"({last_line}); pass the config it was trained with"
         ) from error
     layout = Qwen3Layout.from_hf_config(hf_config)
     if on_start is not None:
         offset = get_transformer_layer_offset(model.config)
         on_start(len(stage_hf_names(model, layout, offset)))
     with directory_written_atomically(out, is_rank0(), _barrier) as tmp:
-        records = _write_stage_shards(model, layout, tmp, max_shard_bytes, on_param)
+        records = _write_stage_shards(model, layout, tmp, dtype, max_shard_bytes, on_param)
         records = _all_records_in_stage_order(records)
         from_rank0(lambda: _finish_folder(tmp, records, source, hf_config, dtype))
     return Path(out)

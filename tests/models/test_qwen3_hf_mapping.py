@@ -34,12 +34,9 @@ def _mapping_worker(rank, world, tp, pp, tie, data_dir):
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-    from megatron_fork.forking import ForkingLossConfig
     from megatron_fork.models.hf_mapping import iter_hf_weights, load_hf_weights_
     from megatron_fork.models.qwen3 import build_qwen3_model
-    from megatron_fork.trainer.actor_step import old_logprob_pass
-    from megatron_fork.trainer.parallel_groups import LossGroups
-    from megatron_fork.trainer.policy_batch import PolicyMicroBatch
+    from tests.support.megatron_logits import trainer_logprob_entropy
 
     init_megatron(tp=tp, pp=pp, seed=0)
     hf_config = _hf_config(tie)
@@ -66,20 +63,10 @@ def _mapping_worker(rank, world, tp, pp, tie, data_dir):
         assert torch.equal(logits[..., hf_config.vocab_size :], torch.zeros_like(logits[..., 60:]))
         error = relative_error(logits[..., : hf_config.vocab_size], expected["logits"])
         assert error <= RTOL, f"logits differ from HF: relative error {error:.2e}"
-    batch = PolicyMicroBatch(
-        tokens=tokens,
-        position_ids=positions,
-        target=target,
-        valid_mask=torch.ones(BATCH, SEQ, dtype=torch.bool),
-        old_logprob=torch.zeros(BATCH, SEQ),
-        advantages=torch.zeros(BATCH, SEQ),
-        token_order=torch.arange(BATCH * SEQ).view(BATCH, SEQ),
-    )
-    config = ForkingLossConfig(vocab_size=hf_config.vocab_size)
-    outputs = old_logprob_pass(model, [batch], config, LossGroups.from_parallel_state())
+    outputs = trainer_logprob_entropy(model, tokens, target, hf_config.vocab_size)
     if outputs is not None:  # last stage: padding is left out, so these match HF's
-        assert relative_error(outputs[0].logprob, expected["logprob"]) <= RTOL
-        assert relative_error(outputs[0].entropy, expected["entropy"]) <= RTOL
+        assert relative_error(outputs[0], expected["logprob"]) <= RTOL
+        assert relative_error(outputs[1], expected["entropy"]) <= RTOL
 
     # Exporting gives back every HF tensor exactly, each stage its own part.
     exported = dict(iter_hf_weights(model, layout, tp_group, offset))
