@@ -84,9 +84,23 @@ def _convert(args, parallel: ParallelConfig, progress: ConversionProgress):
     )  # fmt: skip
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: Linux's VmHWM (of this program alone;
+    ``ru_maxrss`` carries over a parent's peak across exec), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def peak_rss_per_rank() -> list[int]:
-    """Collective: every rank's peak resident memory in bytes (Linux reports KiB)."""
-    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Collective: every rank's peak resident memory in bytes."""
+    mine = peak_rss()
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     return gathered

@@ -39,6 +39,16 @@ class GPTShape:
     tie_embeddings: bool = False
 
 
+_INIT_METHODS = ("init_method", "output_layer_init_method", "embedding_init_method")
+
+
+def _leave_uninitialised(tensor: torch.Tensor) -> None:
+    """An init method that writes nothing. Megatron's ``perform_initialization=False`` would
+    also skip setting the tensor-parallel attributes (partition dim, stride) of the weights,
+    which the mapping, DDP and the optimizer read; this keeps them. On CPU the full-size
+    scratch tensor Megatron initialises and splits stays untouched, so it costs no memory."""
+
+
 def _layer_spec(use_te: bool):
     if use_te:
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
@@ -55,8 +65,12 @@ def build_gpt_model(
     pre_process: bool = True,
     post_process: bool = True,
     calculate_per_token_loss: bool = False,
+    initialize: bool = True,
 ) -> GPTModel:
-    """Build this rank's part of the model. Parallel state must already be initialised."""
+    """Build this rank's part of the model. Parallel state must already be initialised.
+    ``initialize=False`` leaves the weights uninitialised, for a caller that loads all of them
+    (it saves the time and the transient memory of random initialisation)."""
+    skip_init = {} if initialize else dict.fromkeys(_INIT_METHODS, _leave_uninitialised)
     if shape.vocab_size % tensor_parallel_size:
         raise ValueError(
             f"vocab_size {shape.vocab_size} must divide by the TP size {tensor_parallel_size}: "
@@ -83,6 +97,7 @@ def build_gpt_model(
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         calculate_per_token_loss=calculate_per_token_loss,
+        **skip_init,
         **(CPU_TRANSFORMER_OVERRIDES if on_cpu else {}),
     )
     return GPTModel(

@@ -8,6 +8,7 @@ time, not the model. Pickled weights (``*.bin``) are refused: only safetensors a
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,40 +47,59 @@ def _files_by_name(directory: Path) -> dict[str, str]:
     raise FileNotFoundError(f"{directory}: no {SINGLE_FILE} nor {INDEX_FILE}{hint}")
 
 
+@dataclass(frozen=True)
+class _StoredTensor:
+    file: str
+    shape: tuple[int, ...]
+    dtype_code: str
+
+
+def _stored_tensors(directory: Path, files_by_name: dict[str, str]) -> dict[str, _StoredTensor]:
+    """Every tensor's file, shape and dtype, from the headers (each file opened once, closed)."""
+    files = sorted(set(files_by_name.values())) or [SINGLE_FILE]
+    stored = {}
+    for file in files:
+        with _open_shard(directory / file) as handle:
+            for name in handle.keys():
+                view = handle.get_slice(name)
+                stored[name] = _StoredTensor(file, tuple(view.get_shape()), view.get_dtype())
+    for name, file in files_by_name.items():
+        if name not in stored or stored[name].file != file:
+            raise ValueError(
+                f"{directory / INDEX_FILE} places {name!r} in {file}, which does not hold "
+                "it: the index and the shards do not match"
+            )
+    return {name: stored[name] for name in files_by_name} if files_by_name else stored
+
+
 class HFWeights(Mapping):
-    """Read-only mapping HF name -> tensor over a model folder's safetensors (lazy reads)."""
+    """Read-only mapping HF name -> tensor over a model folder's safetensors.
+
+    Each read opens the tensor's file, copies the tensor out and closes the file, so the
+    memory-mapped pages of tensors already read do not pile up in the process (reading a
+    whole model through one open mapping leaves all of it resident)."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        by_name = _files_by_name(self.directory)
-        files = sorted(set(by_name.values())) or [SINGLE_FILE]
-        self._handles = {name: _open_shard(self.directory / name) for name in files}
-        if not by_name:
-            by_name = {key: SINGLE_FILE for key in self._handles[SINGLE_FILE].keys()}
-        for name, file in by_name.items():
-            if name not in self._handles[file].keys():
-                raise ValueError(
-                    f"{self.directory / INDEX_FILE} places {name!r} in {file}, which does not "
-                    "hold it: the index and the shards do not match"
-                )
-        self._file_of = by_name
+        self._stored = _stored_tensors(self.directory, _files_by_name(self.directory))
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._handles[self._file_of[name]].get_tensor(name)
+        with safe_open(str(self.directory / self._stored[name].file), framework="pt") as handle:
+            return handle.get_tensor(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._file_of)
+        return iter(self._stored)
 
     def __len__(self) -> int:
-        return len(self._file_of)
+        return len(self._stored)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The stored shape, without reading the tensor."""
-        return tuple(self._handles[self._file_of[name]].get_slice(name).get_shape())
+        return self._stored[name].shape
 
     def dtype(self, name: str) -> torch.dtype:
         """The stored dtype, without reading the tensor."""
-        code = self._handles[self._file_of[name]].get_slice(name).get_dtype()
+        code = self._stored[name].dtype_code
         if code not in _DTYPES:
             raise ValueError(f"{self.directory}: {name!r} is stored as {code}, not a float type")
         return _DTYPES[code]

@@ -114,8 +114,11 @@ def device() -> torch.device:
     )
 
 
-def megatron_model(hf_config, parallel: ParallelConfig, params_dtype=torch.float32):
-    """This rank's part of the Megatron Qwen3 (random init), on the GPU when there is one."""
+def megatron_model(
+    hf_config, parallel: ParallelConfig, params_dtype=torch.float32, initialize: bool = True
+):
+    """This rank's part of the Megatron Qwen3, on the GPU when there is one; randomly
+    initialised, or (``initialize=False``) left for the caller to load every weight."""
     on_cpu = not torch.cuda.is_available()
     model = build_qwen3_model(
         hf_config,
@@ -124,6 +127,7 @@ def megatron_model(hf_config, parallel: ParallelConfig, params_dtype=torch.float
         vocab_multiple=parallel.vocab_multiple,
         params_dtype=params_dtype,
         on_cpu=on_cpu,
+        initialize=initialize,
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
     )
@@ -149,7 +153,7 @@ def build_reference_model(model_dir: str | Path, parallel: ParallelConfig):
     """A frozen copy of the base model (no DDP, no optimizer) for the KL term's reference
     log-probs; built only when ``loss.kl_coef > 0``."""
     hf_config = read_model_config(model_dir)
-    model = megatron_model(hf_config, parallel)
+    model = megatron_model(hf_config, parallel, initialize=False)
     _load_base_weights(model, model_dir, Qwen3Layout.from_hf_config(hf_config), parallel)
     return model.eval().requires_grad_(False)
 
@@ -165,7 +169,7 @@ def build_actor(
     converted by ``checkpoints_convert hf-to-mcore``, at any layout). ``load_weights=False``
     keeps the random initialisation (the warm start, or a run about to load a checkpoint)."""
     hf_config = read_model_config(model_dir)
-    model = megatron_model(hf_config, parallel)
+    model = megatron_model(hf_config, parallel, initialize=not load_weights)
     layout = Qwen3Layout.from_hf_config(hf_config)
     if load_weights:
         _load_base_weights(model, model_dir, layout, parallel)
