@@ -10,15 +10,10 @@ import re
 import resource
 import sys
 
-import torch.distributed as dist
-
 from checkpoints_convert.checks import check_world_size
-from checkpoints_convert.hf_to_mcore import convert_hf_to_mcore
-from checkpoints_convert.mcore_to_hf import convert_mcore_to_hf
-from checkpoints_convert.progress import ConversionProgress
-from megatron_fork.models.hf_directory import DEFAULT_MAX_SHARD_BYTES
-from megatron_fork.trainer.actor import init_parallel, shutdown_parallel
-from megatron_fork.trainer.rl_config import ParallelConfig
+
+# torch, Megatron-Core and the converters are imported once the arguments are read, so --help
+# and a bad launch answer at once.
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
@@ -53,10 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         help="folder with config.json and tokenizer files (default: the checkpoint's hf/)",
     )
     to_hf.add_argument(
-        "--max-shard-size",
-        type=parse_size,
-        default=DEFAULT_MAX_SHARD_BYTES,
-        help="largest safetensors shard (default 2GiB)",
+        "--max-shard-size", type=parse_size, default="2GiB", help="largest safetensors shard"
     )
     for command in (to_mcore, to_hf):
         command.add_argument("--out", required=True, help="output folder (must not exist)")
@@ -64,17 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _layout(args, world_size: int) -> ParallelConfig:
+def _layout(args, world_size: int) -> tuple[int, int, int]:
+    """(TP, PP, vocabulary multiple) of the model the ranks build, checked against the launch."""
     if args.command == "hf-to-mcore":
         tp, pp, multiple = args.tp, args.pp, args.vocab_multiple
     else:  # loading layout: by default every process is a pipeline stage
         tp = args.tp or 1
         pp, multiple = args.pp or max(1, world_size // tp), 128
     check_world_size(world_size, tp, pp)
-    return ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, vocab_multiple=multiple)
+    return tp, pp, multiple
 
 
-def _convert(args, parallel: ParallelConfig, progress: ConversionProgress):
+def _convert(args, parallel, progress):
+    from checkpoints_convert.hf_to_mcore import convert_hf_to_mcore
+    from checkpoints_convert.mcore_to_hf import convert_mcore_to_hf
+
     hooks = dict(force=args.force, on_start=progress.start, on_param=progress.advance)
     if args.command == "hf-to-mcore":
         return convert_hf_to_mcore(args.hf, args.out, parallel, **hooks)
@@ -100,6 +96,8 @@ def peak_rss() -> int:
 
 def peak_rss_per_rank() -> list[int]:
     """Collective: every rank's peak resident memory in bytes."""
+    import torch.distributed as dist
+
     mine = peak_rss()
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
@@ -109,7 +107,14 @@ def peak_rss_per_rank() -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        parallel = _layout(args, int(os.environ.get("WORLD_SIZE", "1")))
+        tp, pp, multiple = _layout(args, int(os.environ.get("WORLD_SIZE", "1")))
+        import torch.distributed as dist
+
+        from checkpoints_convert.progress import ConversionProgress
+        from megatron_fork.trainer.actor import init_parallel, shutdown_parallel
+        from megatron_fork.trainer.rl_config import ParallelConfig
+
+        parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, vocab_multiple=multiple)
         init_parallel(parallel, seed=0)
         try:
             rank0 = dist.get_rank() == 0
