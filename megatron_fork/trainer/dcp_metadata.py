@@ -15,14 +15,28 @@ from pathlib import Path
 import torch
 
 DIST_METADATA_FILE = ".metadata"
-_ALLOWED_MODULE_PREFIX = "torch.distributed.checkpoint."
-_ALLOWED_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout")}
+_DCP = "torch.distributed.checkpoint"
+_ALLOWED_GLOBALS = {
+    *((f"{_DCP}.metadata", name) for name in (
+        "Metadata", "StorageMeta", "MetadataIndex", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+        "_MEM_FORMAT_ENCODING",
+    )),
+    *((f"{_DCP}.planner", name) for name in (
+        "SavePlan", "WriteItem", "WriteItemType", "TensorWriteData",
+    )),
+    (f"{_DCP}.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # layout name -> torch layout
+}  # fmt: skip
+"""Every global a torch_dist index refers to (plain data classes and enums; no function that
+acts): found by recording the lookups of real checkpoints, with and without optimizer state."""
 _TORCH_VALUE_TYPES = (torch.dtype, torch.layout, torch.memory_format)
 
 
 class _AllowlistUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if module.startswith(_ALLOWED_MODULE_PREFIX) or (module, name) in _ALLOWED_GLOBALS:
+        if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_VALUE_TYPES):
             return getattr(torch, name)

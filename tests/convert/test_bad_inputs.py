@@ -120,6 +120,15 @@ class _RunsCode:
         return (os.system, ("touch pwned",))
 
 
+class _CallsACheckpointFunction:
+    """Names from PyTorch's checkpoint package that act (write files) are refused as well."""
+
+    def __reduce__(self):
+        from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+        return (FileSystemWriter, ("written_by_unpickling",))
+
+
 def test_bad_megatron_checkpoints(hf_dir, tmp_path):
     mcore, out = tmp_path / "mcore", tmp_path / "out"
     run_distributed(_convert_worker, 1, str(hf_dir), str(mcore))
@@ -137,6 +146,9 @@ def test_bad_megatron_checkpoints(hf_dir, tmp_path):
     with pytest.raises(ValueError, match="posix.system is not allowed"):
         convert_mcore_to_hf(crafted, out, TP1)
     assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+    (crafted / ".metadata").write_bytes(pickle.dumps(_CallsACheckpointFunction()))
+    with pytest.raises(ValueError, match="filesystem.FileSystemWriter is not allowed"):
+        convert_mcore_to_hf(crafted, out, TP1)
 
     other = tmp_path / "other"  # another model's config: 3 layers instead of 2
     other.mkdir()
