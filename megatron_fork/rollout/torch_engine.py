@@ -8,7 +8,7 @@ weight mapping streams them.
 """
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -67,15 +67,19 @@ class TorchRolloutEngine:
         if version is not None:
             self._version = version
 
-    def generate(self, requests: list[GenerationRequest]) -> list[Sample]:
-        """One sample per request, in order."""
+    def generate(
+        self, requests: list[GenerationRequest], abort: Callable[[], bool] | None = None
+    ) -> list[Sample]:
+        """One sample per request, in order. ``abort()`` is asked before every decoding step;
+        once it says True, unfinished requests end with finish reason ``abort`` (a server
+        pausing generation for a weight update)."""
         for request in requests:
             if not request.prompt_ids:
                 raise ValueError(f"request {request.request_id!r} has an empty prompt")
         samples = []
         for start in range(0, len(requests), self.max_batch_size):
             batch = requests[start : start + self.max_batch_size]
-            samples.extend(self._generate_batch(batch, first_index=start))
+            samples.extend(self._generate_batch(batch, start, abort or (lambda: False)))
         self._calls += 1
         return samples
 
@@ -87,7 +91,7 @@ class TorchRolloutEngine:
         return torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def _generate_batch(self, requests, first_index: int) -> list[Sample]:
+    def _generate_batch(self, requests, first_index: int, abort) -> list[Sample]:
         states = [
             _Decoding(r, self._generator(r, first_index + i), [], [])
             for i, r in enumerate(requests)
@@ -95,6 +99,10 @@ class TorchRolloutEngine:
         tokens, mask = self._left_padded(requests)  # [b, p]
         past = None
         while any(s.finish is None for s in states):
+            if abort():
+                for state in states:
+                    state.finish = state.finish or FinishReason("abort")
+                break
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [b, t]
             out = self.model(
                 input_ids=tokens if past is None else tokens[:, -1:],

@@ -1,0 +1,78 @@
+"""One rollout server (sglang, or this project's CPU server) seen from the trainer: JSON over
+HTTP with timeouts, each endpoint a method. Errors say which server and which endpoint."""
+
+import json
+import urllib.error
+import urllib.request
+
+from megatron_fork.rollout.sglang_protocol import (
+    InitWeightsUpdateGroup,
+    UpdateWeightsFromDistributed,
+    generate_payload,
+    samples_from_response,
+)
+from megatron_fork.rollout.types import GenerationRequest, Sample
+
+
+class ServerError(RuntimeError):
+    """A server did not answer, or answered with an error (``status`` None: no answer)."""
+
+    def __init__(self, url: str, message: str, status: int | None = None):
+        super().__init__(f"{url}: {message}")
+        self.url, self.status = url, status
+
+
+class ServerClient:
+    def __init__(self, url: str, timeout_s: float = 600.0, api_key: str | None = None):
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def call(self, path: str, body: dict | None = None, timeout_s: float | None = None):
+        """GET without a body, POST with one; the decoded JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers=self._headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as answer:
+                return json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")[:500]
+            raise ServerError(self.url, f"{path} -> {error.code}: {detail}", error.code) from error
+        except (urllib.error.URLError, OSError) as error:
+            raise ServerError(self.url, f"{path}: no answer ({error})") from error
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Sample]:
+        return samples_from_response(self.call("/generate", generate_payload(requests)), requests)
+
+    def healthy(self, timeout_s: float = 20.0) -> bool:
+        try:
+            self.call("/health_generate", timeout_s=timeout_s)
+            return True
+        except ServerError:
+            return False
+
+    def weight_version(self) -> int:
+        return int(self.call("/model_info", timeout_s=30.0)["weight_version"])
+
+    def pause(self, mode: str = "abort") -> None:
+        self.call("/pause_generation", {"mode": mode})
+
+    def resume(self) -> None:
+        self.call("/continue_generation", {})
+
+    def flush_cache(self) -> None:
+        self.call("/flush_cache", {})
+
+    def init_weights_update_group(self, init: InitWeightsUpdateGroup) -> dict:
+        return self._succeeded("/init_weights_update_group", init.body())
+
+    def update_weights_from_distributed(self, update: UpdateWeightsFromDistributed) -> dict:
+        return self._succeeded("/update_weights_from_distributed", update.body())
+
+    def _succeeded(self, path: str, body: dict) -> dict:
+        answer = self.call(path, body)
+        if not answer.get("success", False):
+            raise ServerError(self.url, f"{path} failed: {answer.get('message')}")
+        return answer

@@ -1,0 +1,129 @@
+"""What a rollout server does, apart from HTTP: generation gated by pause/continue, weight
+updates from a collective or from disk, the weight version.
+
+One generation runs at a time (the torch engine batches the requests of a call); a pause in
+``abort`` mode makes the running one return at its next decoding step with finish reason
+``abort`` and waits until the engine is idle, as sglang's does before a weight update. A
+bucket is received outside the engine lock and applied under it, so generation never sees a
+half-applied bucket; the version changes only with a bucket that names one.
+"""
+
+import threading
+
+from megatron_fork.models.hf_weights import HFWeights
+from megatron_fork.rollout.sglang_protocol import (
+    InitWeightsUpdateGroup,
+    ProtocolError,
+    UpdateWeightsFromDistributed,
+    parse_body,
+    requests_from_payload,
+    response_for,
+)
+from megatron_fork.rollout.types import GenerationRequest, SamplingParams
+from megatron_fork.rollout.weight_group import join_weight_group, receive_tensors
+
+PAUSE_MODES = ("abort", "retract", "in_place")
+
+
+class Busy(Exception):
+    """The request needs an idle server (sglang answers 400; callers retry)."""
+
+
+class EngineServer:
+    def __init__(self, engine, model_path: str):
+        self.engine = engine
+        self.model_path = model_path
+        self._engine_lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()  # cleared while generation is paused
+        self._abort = False
+        self._groups = {}
+
+    def generate(self, body: dict) -> list[dict]:
+        requests = requests_from_payload(body)
+        self._open.wait()
+        with self._engine_lock:
+            samples = self.engine.generate(requests, abort=lambda: self._abort)
+        return response_for(samples)
+
+    def health_generate(self) -> dict:
+        probe = GenerationRequest((0,), SamplingParams(max_new_tokens=1, seed=0), "health")
+        self._open.wait()
+        with self._engine_lock:
+            self.engine.generate([probe])
+        return {}
+
+    def pause(self, body: dict) -> dict:
+        mode = body.get("mode", "abort")
+        if mode not in PAUSE_MODES:
+            raise ProtocolError(f"pause mode {mode!r}: one of {PAUSE_MODES}")
+        self._open.clear()
+        self._abort = mode == "abort"
+        with self._engine_lock:  # returns once the running generation has ended
+            pass
+        return {}
+
+    def resume(self) -> dict:
+        self._abort = False
+        self._open.set()
+        return {}
+
+    def flush_cache(self) -> dict:
+        if self._engine_lock.locked():
+            raise Busy("generation in progress: flush_cache needs an idle server")
+        return {}  # the torch engine keeps no KV cache between calls
+
+    def init_weights_update_group(self, body: dict) -> dict:
+        init = parse_body(InitWeightsUpdateGroup, body)
+        if init.backend != "gloo":
+            raise ProtocolError(f"backend {init.backend!r}: the CPU server joins with gloo")
+        self._groups[init.group_name] = join_weight_group(
+            init.master_address,
+            init.master_port,
+            init.rank_offset,
+            init.world_size,
+            init.group_name,
+            init.backend,
+        )
+        return {"success": True, "message": "joined"}
+
+    def destroy_weights_update_group(self, body: dict) -> dict:
+        self._groups.pop(body.get("group_name", "weight_update_group"), None)
+        return {"success": True, "message": "destroyed"}
+
+    def update_weights_from_distributed(self, body: dict) -> dict:
+        update = parse_body(UpdateWeightsFromDistributed, body)
+        if update.load_format is not None:
+            raise ProtocolError(f"load_format {update.load_format!r}: only per-tensor broadcasts")
+        group = self._groups.get(update.group_name)
+        if group is None:
+            raise ProtocolError(f"no weight-update group {update.group_name!r}: init it first")
+        named = receive_tensors(group, update.names, update.dtypes, update.shapes)
+        return self._apply(named, update.weight_version)
+
+    def update_weights_from_disk(self, body: dict) -> dict:
+        if "model_path" not in body:
+            raise ProtocolError("update_weights_from_disk needs model_path")
+        weights = HFWeights(body["model_path"])
+        result = self._apply(((n, weights[n]) for n in weights), body.get("weight_version"))
+        self.model_path = body["model_path"]
+        return {**result, "num_paused_requests": 0}
+
+    def _apply(self, named, weight_version) -> dict:
+        version = None if weight_version is None else int(weight_version)
+        with self._engine_lock:
+            self.engine.update_weights(named, version=version)
+        return {"success": True, "message": f"weight version {self.engine.version}"}
+
+    def model_info(self) -> dict:
+        return {
+            "model_path": self.model_path,
+            "model_type": "qwen3",
+            "architectures": ["Qwen3ForCausalLM"],
+            "weight_version": str(self.engine.version),
+        }
+
+    def update_weight_version(self, body: dict) -> dict:
+        with self._engine_lock:
+            self.engine.update_weights((), version=int(body["new_version"]))
+        return {"success": True, "message": str(self.engine.version)}

@@ -1,0 +1,115 @@
+"""Rollout server processes: started, waited for, restarted, stopped.
+
+A server is a command that prints ``serving on http://HOST:PORT`` once it listens (the CPU
+server does; for sglang the port is chosen up front and the line is not needed): the pool reads
+the URL, waits for ``/health_generate``, and restarts a server that died with the same command.
+Servers are bound to loopback unless their command says otherwise.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from megatron_fork.rollout.http_client import ServerClient
+
+_READY = re.compile(r"serving on (http://\S+)")
+
+
+@dataclass
+class ServerProcess:
+    command: list[str]
+    process: subprocess.Popen | None = None
+    url: str | None = None
+    log: list[str] = field(default_factory=list)
+    """The last lines the server printed (for error messages)."""
+
+
+def cpu_server_command(model_path: str, **options) -> list[str]:
+    """The CPU server's command line; ``options`` become ``--key value`` flags."""
+    command = [sys.executable, "-m", "megatron_fork.rollout.server", "--model-path", model_path]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    return command
+
+
+class ServerPool:
+    def __init__(self, commands: Sequence[list[str]], startup_timeout_s: float = 300.0):
+        self.servers = [ServerProcess(list(command)) for command in commands]
+        self.startup_timeout_s = startup_timeout_s
+        for index in range(len(self.servers)):
+            self._launch(index)
+        for index in range(len(self.servers)):
+            self._wait_ready(index)
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    def alive(self, index: int) -> bool:
+        process = self.servers[index].process
+        return process is not None and process.poll() is None
+
+    def restart(self, index: int) -> str:
+        """Stop server ``index`` if it still runs, start it again; its (new) URL."""
+        self._stop(index)
+        self._launch(index)
+        self._wait_ready(index)
+        return self.servers[index].url
+
+    def close(self) -> None:
+        for index in range(len(self.servers)):
+            self._stop(index)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+    def _launch(self, index: int) -> None:
+        server = self.servers[index]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        server.process = subprocess.Popen(
+            server.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        server.url, server.log = None, []
+        threading.Thread(target=self._read_output, args=(server,), daemon=True).start()
+
+    @staticmethod
+    def _read_output(server: ServerProcess) -> None:
+        """Keep the last lines and catch the ready line; drains the pipe so it never fills."""
+        for line in server.process.stdout:
+            server.log = (server.log + [line.rstrip()])[-40:]
+            match = _READY.search(line)
+            if match and server.url is None:
+                server.url = match.group(1)
+
+    def _wait_ready(self, index: int) -> None:
+        server, deadline = self.servers[index], time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive(index):
+                raise RuntimeError(
+                    f"rollout server {index} exited with {server.process.returncode} while "
+                    "starting:\n" + "\n".join(server.log[-20:])
+                )
+            if server.url and ServerClient(server.url).healthy(timeout_s=10.0):
+                return
+            time.sleep(0.1)
+        self._stop(index)
+        raise TimeoutError(f"rollout server {index} not healthy in {self.startup_timeout_s} s")
+
+    def _stop(self, index: int) -> None:
+        process = self.servers[index].process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,209 @@
+"""sglang's HTTP protocol, as RL trainers use it, in one place: request and response bodies of
+``/generate`` and of the weight-update endpoints, built and parsed for both sides (the trainer's
+client and this project's CPU server), so the code that talks to sglang is the code tested here.
+
+Fields follow sglang ``SGLANG_VERSION``'s server (``entrypoints/http_server.py``,
+``managers/io_struct.py``, ``sampling/sampling_params.py``; see ../shared/SGLANG_API.md):
+``input_ids`` as a list of lists with one ``sampling_params`` dict each; ``return_logprob`` with
+``logprob_start_len=-1`` (output tokens only); per-request seeds as ``sampling_seed`` (sglang
+honours them with ``--enable-deterministic-inference``); the response's ``meta_info`` with
+``finish_reason``, ``output_token_logprobs`` ([logprob, id, text] per token) and
+``weight_version`` (a string in sglang; integers here, sent as their decimal string).
+"""
+
+from dataclasses import asdict, dataclass
+
+from megatron_fork.rollout.types import FinishReason, GenerationRequest, Sample, SamplingParams
+
+SGLANG_VERSION = "0.5.15.post1"
+"""The one pinned sglang version (the Dockerfile and the launcher read it from here)."""
+
+DEFAULT_GROUP_NAME = "weight_update_group"
+_SAMPLING_KEYS = {
+    "temperature", "top_p", "top_k", "min_p", "max_new_tokens", "stop", "stop_token_ids",
+    "ignore_eos", "skip_special_tokens", "n", "sampling_seed",
+}  # fmt: skip
+"""The sampling keys sglang accepts that a trainer sends (sglang refuses unknown keys)."""
+
+
+class ProtocolError(ValueError):
+    """A body that does not follow the protocol; the message names the field."""
+
+
+def generate_payload(requests: list[GenerationRequest]) -> dict:
+    """One ``/generate`` body for a batch of requests (prompt-major, one sample each)."""
+    return {
+        "input_ids": [list(r.prompt_ids) for r in requests],
+        "sampling_params": [_sampling_dict(r.sampling) for r in requests],
+        "rid": [r.request_id for r in requests],
+        "return_logprob": True,
+        "logprob_start_len": -1,
+    }
+
+
+def _sampling_dict(params: SamplingParams) -> dict:
+    body = {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "max_new_tokens": params.max_new_tokens,
+        "stop_token_ids": list(params.stop_token_ids),
+    }
+    if params.seed is not None:
+        body["sampling_seed"] = params.seed
+    return body
+
+
+def requests_from_payload(body: dict) -> list[GenerationRequest]:
+    """The server side of ``generate_payload``: unknown sampling keys are refused as sglang
+    refuses them, and only what this protocol sends is accepted."""
+    if "text" in body:
+        raise ProtocolError("this server takes input_ids (token ids), not text")
+    ids, params = body.get("input_ids"), body.get("sampling_params")
+    if not isinstance(ids, list) or not all(isinstance(row, list) for row in ids):
+        raise ProtocolError("input_ids must be a list of token-id lists")
+    params = params if isinstance(params, list) else [params or {}] * len(ids)
+    rids = body.get("rid") or [""] * len(ids)
+    if len(params) != len(ids) or len(rids) != len(ids):
+        raise ProtocolError("input_ids, sampling_params and rid must have the same length")
+    return [
+        GenerationRequest(tuple(row), _sampling_params(p), str(rid))
+        for row, p, rid in zip(ids, params, rids, strict=True)
+    ]
+
+
+def _sampling_params(body: dict) -> SamplingParams:
+    unknown = set(body) - _SAMPLING_KEYS
+    if unknown:
+        raise ProtocolError(f"unknown sampling_params keys {sorted(unknown)}")
+    if body.get("n", 1) != 1:
+        raise ProtocolError("n > 1 is not served: send one request per sample")
+    try:
+        return SamplingParams(
+            temperature=float(body.get("temperature", 1.0)),
+            top_p=float(body.get("top_p", 1.0)),
+            top_k=int(body.get("top_k", -1)),
+            max_new_tokens=int(body.get("max_new_tokens", 128)),
+            stop_token_ids=tuple(int(t) for t in body.get("stop_token_ids") or ()),
+            seed=body.get("sampling_seed"),
+        )
+    except (TypeError, ValueError) as error:
+        raise ProtocolError(f"sampling_params: {error}") from error
+
+
+def response_for(samples: list[Sample]) -> list[dict]:
+    """The server side: one sglang-shaped output per sample."""
+    return [
+        {
+            "text": "",
+            "output_ids": list(s.output_ids),
+            "meta_info": {
+                "id": s.request_id,
+                "finish_reason": _finish_dict(s.finish_reason, len(s.output_ids)),
+                "prompt_tokens": len(s.prompt_ids),
+                "completion_tokens": len(s.output_ids),
+                "weight_version": str(s.weight_version),
+                "output_token_logprobs": [
+                    [lp, tok, None] for lp, tok in zip(s.output_logprobs, s.output_ids, strict=True)
+                ],
+            },
+        }
+        for s in samples
+    ]
+
+
+def _finish_dict(reason: FinishReason, length: int) -> dict:
+    if reason.kind == "stop":
+        return {"type": "stop", "matched": reason.matched}
+    if reason.kind == "length":
+        return {"type": "length", "length": length}
+    return {"type": "abort", "message": "generation paused"}
+
+
+def samples_from_response(outputs, requests: list[GenerationRequest]) -> list[Sample]:
+    """The client side: Samples from a ``/generate`` answer to ``generate_payload(requests)``."""
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    if len(outputs) != len(requests):
+        raise ProtocolError(f"{len(outputs)} outputs for {len(requests)} requests")
+    return [_sample(out, request) for out, request in zip(outputs, requests, strict=True)]
+
+
+def _sample(out: dict, request: GenerationRequest) -> Sample:
+    try:
+        meta = out["meta_info"]
+        pairs = meta["output_token_logprobs"]
+        finish = meta["finish_reason"] or {"type": "abort"}
+        output_ids = tuple(int(t) for t in out["output_ids"])
+        logprobs = tuple(float(lp) for lp, _, _ in pairs)
+        version = int(meta["weight_version"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ProtocolError(f"malformed /generate output ({error!r}): {str(out)[:200]}") from error
+    if tuple(int(t) for _, t, _ in pairs) != output_ids:
+        raise ProtocolError(f"request {request.request_id!r}: logprob ids differ from output_ids")
+    kind = finish.get("type")
+    if kind not in ("stop", "length", "abort"):
+        raise ProtocolError(f"request {request.request_id!r}: unknown finish_reason {finish}")
+    matched = finish.get("matched") if kind == "stop" else None
+    return Sample(
+        request_id=request.request_id,
+        prompt_ids=tuple(request.prompt_ids),
+        output_ids=output_ids,
+        output_logprobs=logprobs,
+        finish_reason=FinishReason(kind, matched if isinstance(matched, int) else None),
+        weight_version=version,
+    )
+
+
+@dataclass(frozen=True)
+class InitWeightsUpdateGroup:
+    """``/init_weights_update_group``: engine TP rank r joins at ``rank_offset + r``; the
+    trainer is rank 0 and hosts the rendezvous store."""
+
+    master_address: str
+    master_port: int
+    rank_offset: int
+    world_size: int
+    group_name: str = DEFAULT_GROUP_NAME
+    backend: str = "nccl"
+
+    def body(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UpdateWeightsFromDistributed:
+    """``/update_weights_from_distributed``: one call per bucket; the receiver takes one
+    broadcast from rank 0 per tensor, in the order of ``names``."""
+
+    names: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    """torch dtype names without the ``torch.`` prefix, e.g. "bfloat16"."""
+    shapes: tuple[tuple[int, ...], ...]
+    group_name: str = DEFAULT_GROUP_NAME
+    weight_version: str | None = None
+    """Set with the last bucket only: the version changes when the whole model is in."""
+    flush_cache: bool = False
+    abort_all_requests: bool = False
+    load_format: str | None = None
+
+    def body(self) -> dict:
+        body = asdict(self)
+        body.update(names=list(self.names), dtypes=list(self.dtypes))
+        body["shapes"] = [list(s) for s in self.shapes]
+        return body
+
+
+def parse_body(cls, body: dict):
+    """A protocol dataclass from a JSON body; missing or unknown fields are named."""
+    known = {f for f in cls.__dataclass_fields__}
+    unknown = set(body) - known
+    if unknown:
+        raise ProtocolError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    try:
+        fields = dict(body)
+        if cls is UpdateWeightsFromDistributed:
+            fields.update(names=tuple(body["names"]), dtypes=tuple(body["dtypes"]))
+            fields["shapes"] = tuple(tuple(int(d) for d in s) for s in body["shapes"])
+        return cls(**fields)
+    except (KeyError, TypeError) as error:
+        raise ProtocolError(f"{cls.__name__}: {error}") from error
