@@ -118,9 +118,18 @@ class ServerRolloutEngine:
     def update_weights(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None
     ) -> None:
+        bucket = [(name, tensor.detach().contiguous()) for name, tensor in named_tensors]
+        if not bucket and version is None:
+            return
         if not self._syncing:
             self._begin_sync()
-        bucket = [(name, tensor.detach().contiguous()) for name, tensor in named_tensors]
+        if not bucket:  # the version alone, after the last bucket
+            self._on_every_server(
+                lambda i, client: client.call("/update_weight_version", {"new_version": version}),
+                during=lambda: None,
+            )
+            self._finish_sync(version)
+            return
         update = UpdateWeightsFromDistributed(
             names=tuple(name for name, _ in bucket),
             dtypes=tuple(dtype_name(t.dtype) for _, t in bucket),

@@ -9,6 +9,8 @@ from megatron_fork.data.prompt_sets import load_prompt_sets
 from megatron_fork.data.prompt_stream import PromptStream
 from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
 from megatron_fork.rewards.scorer import MathRewardScorer
+from megatron_fork.rollout.server_engine import ServerRolloutEngine
+from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import SamplingParams
 from megatron_fork.trainer.checkpoint import hf_metadata_dir
@@ -60,17 +62,14 @@ class Controller:
         self.stream = PromptStream(sets.train, config.seed, prompt_cursor)
         limit = config.eval.max_prompts
         self.eval_set = sets.eval[:limit] if limit else sets.eval
-        engine_model = Qwen3ForCausalLM(hf_config).to(torch.float32)  # weights come by sync
-        self.engine = TorchRolloutEngine(
-            engine_model, config.rollout.engine_batch_size, self.pad_id, config.seed
-        )
+        self.engine = rollout_engine(config, hf_config, self.pad_id)
         self.scorer = MathRewardScorer(config.reward)
         self.sampler = GroupSampler(self.engine, self.tokenizer, self.scorer, self.eos_id)
         self.log = MetricsLog(config.output_dir, config.tensorboard, resume_step)
 
     def rollout(self, step: int) -> RolloutBatch:
         c = self.config
-        return collect_rollout_batch(
+        batch = collect_rollout_batch(
             self.sampler,
             self.stream,
             step,
@@ -82,6 +81,9 @@ class Controller:
             c.dynamic_sampling,
             c.advantage,
         )
+        counters = getattr(self.engine, "counters", {})  # a server engine's fault counters
+        batch.metrics.update({f"rollout/{name}": float(n) for name, n in counters.items()})
+        return batch
 
     def evaluate(self, on_progress=None) -> dict:
         return evaluate_avg_at_k(
@@ -96,3 +98,27 @@ class Controller:
     def close(self) -> None:
         self.scorer.close()
         self.log.close()
+        if hasattr(self.engine, "close"):
+            self.engine.close()
+
+
+def rollout_engine(config: RLConfig, hf_config, pad_id: int):
+    """The run's engine, at weight version 0 with placeholder weights (the first sync fills
+    them): in this process, or behind sglang's protocol in server processes."""
+    rollout = config.rollout
+    if rollout.engine == "torch":
+        model = Qwen3ForCausalLM(hf_config).to(torch.float32)
+        return TorchRolloutEngine(model, rollout.engine_batch_size, pad_id, config.seed)
+    pool = None
+    urls = list(rollout.server_urls)
+    if not urls:
+        command = cpu_server_command(
+            str(hf_metadata_dir(config.base_model)),
+            load_format="dummy",
+            max_batch_size=rollout.engine_batch_size,
+            pad_token_id=pad_id,
+            random_seed=config.seed,
+        )
+        pool = ServerPool([command] * rollout.servers)
+        urls = pool.urls
+    return ServerRolloutEngine(urls, pool, rollout.request_timeout_s)

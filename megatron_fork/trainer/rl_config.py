@@ -35,8 +35,22 @@ class RolloutConfig:
     top_k: int = -1
     engine_batch_size: int = 256
     """Requests the torch engine decodes together."""
+    engine: str = "torch"
+    """"torch": the engine in the trainer's rank-0 process; "server": ``servers`` CPU rollout
+    servers in their own processes, driven through sglang's HTTP protocol (the code path of
+    sglang engines), or the servers at ``server_urls``."""
+    servers: int = 2
+    server_urls: tuple[str, ...] = ()
+    """Rollout servers already running (e.g. sglang); none is started or restarted then."""
+    request_timeout_s: float = 600.0
+    """A server that does not answer a generate call in this time is taken as down."""
+    weight_bucket_bytes: int = 512 * 1024 * 1024
+    """Weight sync bucket size: bounds the extra memory a sync needs on the sending ranks."""
 
     def __post_init__(self):
+        _require(self.engine in ("torch", "server"), "rollout.engine must be 'torch' or 'server'")
+        _require(self.servers >= 1, "rollout.servers must be >= 1")
+        _require(self.weight_bucket_bytes >= 1, "rollout.weight_bucket_bytes must be >= 1")
         _require(self.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1")
         _require(self.samples_per_prompt >= 2, "rollout.samples_per_prompt (G) must be >= 2")
         _require(

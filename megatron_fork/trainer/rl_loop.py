@@ -114,7 +114,9 @@ def _run(config: RLConfig) -> dict | None:
     engine = controller.engine if controller else None
     last = None
     try:
-        sync_weights(actor.model, actor.layout, engine, version=state["step"])
+        sync_weights(
+            actor.model, actor.layout, engine, state["step"], config.rollout.weight_bucket_bytes
+        )
         if state["step"] == 0:
             from_rank0(
                 lambda: controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
@@ -169,7 +171,8 @@ def _rl_step(
         reference_model=reference,
     )
     train_metrics = _gather_last_stage_metrics(train_metrics)
-    sync_weights(actor.model, actor.layout, controller.engine if controller else None, step)
+    engine = controller.engine if controller else None
+    sync_weights(actor.model, actor.layout, engine, step, config.rollout.weight_bucket_bytes)
     train_s = time.perf_counter() - start - rollout_s
 
     def evaluate_and_log() -> None:

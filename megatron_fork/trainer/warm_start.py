@@ -36,7 +36,7 @@ from megatron_fork.trainer.policy_batch import moved_to
 from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
 from megatron_fork.trainer.sft_step import sft_forward_backward_step, sft_microbatch
 from megatron_fork.trainer.train_batch import row_length
-from megatron_fork.trainer.weight_sync import hf_buckets_on_rank0
+from megatron_fork.trainer.weight_sync import for_each_bucket_on_rank0
 
 
 @dataclass(frozen=True)
@@ -144,9 +144,9 @@ def _warm_start(config: WarmStartConfig, scratch: Path) -> Path:
         if _reports(outputs) and (step % 20 == 0 or step == config.steps):
             loss = float(sum(o["loss"] for o in outputs))
             print(f"warm start step {step}/{config.steps}: loss {loss:.4f}", flush=True)
-    buckets = hf_buckets_on_rank0(actor.model, actor.layout)
-    if buckets is not None:
-        weights = {name: tensor for bucket in buckets for name, tensor in bucket}
+    weights = {}  # on rank 0: the whole (tiny) model
+    for_each_bucket_on_rank0(actor.model, actor.layout, weights.update)
+    if dist.get_rank() == 0:
         save_hf_model(
             config.output_dir, hf_config, weights, {TOKENIZER_FILE: scratch / TOKENIZER_FILE}
         )

@@ -1,14 +1,15 @@
-"""Push the trainer's weights into the in-process rollout engine, through the one mapping.
+"""Push the trainer's weights to the rollout engine, through the one mapping, bucket by bucket.
 
 Every rank of the model's first data-parallel replica streams its pipeline stage as Hugging
 Face-named tensors (TP shards all-gathered by ``iter_hf_weights``), in size-bounded buckets.
-The engine lives on global rank 0: with one process the buckets go straight in; with several,
-each stage's TP-rank-0 buckets are gathered to rank 0 in one ``gather_object`` (pickled over
-the process group: the CPU path for tiny models; it holds a whole stage per rank and the whole
-model on rank 0, so it is not the path for large models, whose rollout engines take buckets
-over their own transport). The new version is set only with the last bucket, so a partial
-sync never reports itself as the new weights.
+The engine's client lives on global rank 0: stage 0's buckets go to it directly, and each later
+stage's first TP rank sends its buckets to rank 0 one at a time (point-to-point, pickled over
+the process group), so no rank holds more than one bucket beyond its own parameters: the
+bucket size bounds the extra memory of a sync. The new version is set only after the last
+bucket, so a partial sync never reports itself as the new weights.
 """
+
+from collections.abc import Callable
 
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
@@ -17,43 +18,67 @@ from megatron.core.transformer.transformer_layer import get_transformer_layer_of
 from megatron_fork.models.hf_mapping import Qwen3Layout, iter_hf_weights, size_bounded_buckets
 
 DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
+_END = None  # sent after a stage's last bucket
 
 
 def _stage_buckets(model, layout: Qwen3Layout, bucket_bytes: int):
+    """This stage's buckets. Unsplit parameters stream as views of the live weights: a
+    consumer copies them before the next optimizer step (engines copy on receipt)."""
     module = getattr(model, "module", model)
     offset = get_transformer_layer_offset(module.config)
     stream = iter_hf_weights(model, layout, ps.get_tensor_model_parallel_group(), offset)
-    # Copies: unsplit parameters stream as views of the live weights.
-    return (
-        [(name, tensor.detach().clone()) for name, tensor in bucket]
-        for bucket in size_bounded_buckets(stream, bucket_bytes)
+    return size_bounded_buckets(stream, bucket_bytes)
+
+
+def _stage_leaders() -> list[int]:
+    """Global rank of each pipeline stage's exporting rank (TP rank 0 of DP replica 0)."""
+    leads = ps.get_tensor_model_parallel_rank() == 0 and (
+        ps.get_data_parallel_rank(with_context_parallel=True) == 0
     )
+    mine = (ps.get_pipeline_model_parallel_rank(), dist.get_rank()) if leads else None
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return [rank for _, rank in sorted(entry for entry in gathered if entry is not None)]
 
 
-def hf_buckets_on_rank0(
-    model, layout: Qwen3Layout, bucket_bytes: int = DEFAULT_BUCKET_BYTES
-) -> list | None:
-    """Collective over every rank: the whole model's HF-named buckets on rank 0 (None
-    elsewhere), stage after stage."""
+def for_each_bucket_on_rank0(
+    model, layout: Qwen3Layout, consume: Callable, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> None:
+    """Collective over every rank: ``consume(bucket)`` on rank 0 for every bucket of the whole
+    model, stage after stage."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return list(_stage_buckets(model, layout, bucket_bytes))
+        for bucket in _stage_buckets(model, layout, bucket_bytes):
+            consume(bucket)
+        return
+    leaders, rank = _stage_leaders(), dist.get_rank()
     exporting = ps.get_data_parallel_rank(with_context_parallel=True) == 0
-    buckets = list(_stage_buckets(model, layout, bucket_bytes)) if exporting else []
-    if ps.get_tensor_model_parallel_rank() != 0:
-        buckets = []  # every TP rank of a stage holds the same full tensors; one sends
-    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(buckets, gathered, dst=0)
-    if dist.get_rank() != 0:
-        return None
-    return [bucket for rank_buckets in gathered for bucket in rank_buckets]
+    if exporting:  # every TP rank of the stage joins the all-gathers
+        for bucket in _stage_buckets(model, layout, bucket_bytes):
+            if rank == 0:
+                consume(bucket)
+            elif rank in leaders:
+                dist.send_object_list([bucket], dst=0)
+        if rank in leaders[1:]:
+            dist.send_object_list([_END], dst=0)
+    if rank == 0:
+        for leader in leaders[1:]:
+            _receive_stage(leader, consume)
+
+
+def _receive_stage(leader: int, consume: Callable) -> None:
+    while True:
+        box = [None]
+        dist.recv_object_list(box, src=leader)
+        if box[0] is _END:
+            return
+        consume(box[0])
 
 
 def sync_weights(
     model, layout: Qwen3Layout, engine, version: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES
 ) -> None:
-    """Collective over every rank; ``engine`` is the rollout engine on rank 0, None elsewhere."""
-    buckets = hf_buckets_on_rank0(model, layout, bucket_bytes)
-    if buckets is not None:
-        for i, bucket in enumerate(buckets):
-            last = i == len(buckets) - 1
-            engine.update_weights(bucket, version=version if last else None)
+    """Collective over every rank; ``engine`` is the rollout engine on rank 0, None elsewhere.
+    Every bucket goes in, then the version (an empty update that carries it)."""
+    for_each_bucket_on_rank0(model, layout, engine.update_weights if engine else None, bucket_bytes)
+    if engine is not None:
+        engine.update_weights([], version=version)

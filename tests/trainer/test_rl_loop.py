@@ -181,3 +181,19 @@ def test_a_controller_error_reaches_every_rank_instead_of_a_hang(base_model, tmp
     rank asserts in its worker (``pytest.raises``); ``run_distributed`` re-raises a failing
     rank's error here, and its timeout fails the test if a rank hangs."""
     run_distributed(_bad_data_worker, 2, base_model, str(tmp_path / "run"), timeout=120)
+
+
+def test_server_engine_reproduces_the_in_process_run(base_model, reference, tmp_path):
+    """rollout.engine=server: two CPU rollout servers in their own processes, driven through
+    sglang's HTTP protocol and fed weights over a gloo broadcast, give the in-process engine's
+    run (same seeds, so the same samples)."""
+    from megatron_fork.trainer.overrides import apply_overrides
+
+    changes = ["rollout.engine='server'", "rollout.servers=2"]
+    config = apply_overrides(rl_config(base_model, tmp_path / "run", 2), changes)
+    got = _run(config, tmp_path, "run")
+    assert [r["step"] for r in got] == [0, 1, 2]
+    assert got[0] == reference[0]
+    for step, expected in zip(got[1:], reference[1:], strict=False):
+        counters = {"rollout/requests_retried": 0.0, "rollout/servers_restarted": 0.0}
+        assert comparable(step) == {**comparable(expected), **counters}, step["step"]
