@@ -17,6 +17,12 @@ def check_parallel_layout(hf_config, tensor_parallel: int, pipeline_parallel: in
                 "heads over tensor-parallel ranks; choose a TP that divides "
                 f"{heads} attention and {groups} key/value heads"
             )
+    ffn = hf_config.intermediate_size
+    if ffn % tensor_parallel:
+        raise ValueError(
+            f"intermediate_size={ffn} does not divide by --tp {tensor_parallel}: Megatron splits "
+            "the MLP over tensor-parallel ranks; choose a TP that divides it"
+        )
     layers = hf_config.num_hidden_layers
     if layers % pipeline_parallel:
         raise ValueError(
@@ -26,6 +32,8 @@ def check_parallel_layout(hf_config, tensor_parallel: int, pipeline_parallel: in
 
 
 def check_world_size(world_size: int, tensor_parallel: int, pipeline_parallel: int) -> None:
+    if tensor_parallel < 1 or pipeline_parallel < 1:
+        raise ValueError(f"--tp and --pp must be >= 1, got {tensor_parallel}, {pipeline_parallel}")
     if world_size != tensor_parallel * pipeline_parallel:
         raise ValueError(
             f"{world_size} processes for TP={tensor_parallel} x PP={pipeline_parallel}: launch "
@@ -34,7 +42,10 @@ def check_world_size(world_size: int, tensor_parallel: int, pipeline_parallel: i
         )
 
 
-def check_output(out: str | Path, force: bool) -> None:
-    out = Path(out)
+def check_output(out: str | Path, force: bool, source: str | Path) -> None:
+    """``out`` is free (or ``force``), and replacing it cannot delete the ``source``."""
+    out, source = Path(out).resolve(), Path(source).resolve()
+    if out == source or out in source.parents:
+        raise ValueError(f"--out {out} would replace the input {source}: choose another folder")
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists: pass --force to replace it")

@@ -15,7 +15,7 @@ from checkpoints_convert.checks import check_world_size
 # torch, Megatron-Core and the converters are imported once the arguments are read, so --help
 # and a bad launch answer at once.
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
 _UNITS["GIB"] = 2**30
 
@@ -61,8 +61,11 @@ def _layout(args, world_size: int) -> tuple[int, int, int]:
     if args.command == "hf-to-mcore":
         tp, pp, multiple = args.tp, args.pp, args.vocab_multiple
     else:  # loading layout: by default every process is a pipeline stage
-        tp = args.tp or 1
-        pp, multiple = args.pp or max(1, world_size // tp), 128
+        tp = 1 if args.tp is None else args.tp
+        pp = max(1, world_size // max(tp, 1)) if args.pp is None else args.pp
+        multiple = 128
+    if multiple < 1:
+        raise ValueError(f"--vocab-multiple must be >= 1, got {multiple}")
     check_world_size(world_size, tp, pp)
     return tp, pp, multiple
 

@@ -42,7 +42,7 @@ def convert_hf_to_mcore(
 ) -> Path:
     """Collective over the TP x PP ranks (parallel state initialised for ``parallel``).
     ``on_start(n)`` gets this rank's parameter count, ``on_param`` is called after each."""
-    check_output(out, force)
+    check_output(out, force, hf_dir)
     hf_config, weights = open_hf_source(hf_dir, parallel)
     model = megatron_model(
         hf_config, parallel, params_dtype=weights.dtype(EMBEDDING), initialize=False

@@ -33,7 +33,11 @@ from megatron_fork.models.hf_weights import HFWeights, check_weights_match_confi
 from megatron_fork.parallel.rank0 import from_rank0, is_rank0
 from megatron_fork.trainer.actor import megatron_model, read_hf_config
 from megatron_fork.trainer.checkpoint import hf_metadata_dir, load_model_weights
-from megatron_fork.trainer.dcp_metadata import read_checkpoint_metadata, stored_dtype
+from megatron_fork.trainer.dcp_metadata import (
+    check_storage_files,
+    read_checkpoint_metadata,
+    stored_dtype,
+)
 from megatron_fork.trainer.rl_config import ParallelConfig
 
 EMBEDDING_KEY = "embedding.word_embeddings.weight"
@@ -96,6 +100,23 @@ def _write_metadata(tmp: Path, source: Path, hf_config, dtype: torch.dtype) -> N
         GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)
 
 
+def _load_failure(mcore_dir: Path, source: Path, error: BaseException) -> str:
+    """One line for a failed load: a refused pickle, a model that does not fit, or else."""
+    text = str(error)
+    last_line = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+    if "Weights only load failed" in text or "UnpicklingError" in text:
+        return (
+            f"{mcore_dir}: refused, the checkpoint holds pickled objects other than plain "
+            "data (loaded weights-only); do not load checkpoints from untrusted sources"
+        )
+    if any(sign in text for sign in ("shape mismatch", "Missing keys", "Unexpected keys")):
+        return (
+            f"{mcore_dir}: the checkpoint does not fit the model {source}/config.json "
+            f"describes ({last_line}); pass the config it was trained with"
+        )
+    return f"{mcore_dir}: could not be loaded ({type(error).__name__}: {last_line})"
+
+
 def _finish_folder(tmp: Path, records: list, source: Path, hf_config, dtype) -> None:
     """Rank 0: final shard names and index, metadata, and a read-back check of the result."""
     name_shards(tmp, records)
@@ -115,8 +136,9 @@ def convert_mcore_to_hf(
 ) -> Path:
     """Collective over the TP x PP ranks (parallel state initialised for ``parallel``)."""
     mcore_dir = Path(mcore_dir)
-    check_output(out, force)
+    check_output(out, force, mcore_dir)
     metadata = read_checkpoint_metadata(mcore_dir)  # refuses a crafted index before any load
+    check_storage_files(mcore_dir, metadata)
     source = _metadata_source(mcore_dir, hf_metadata)
     hf_config = read_hf_config(source)
     check_parallel_layout(hf_config, parallel.tensor_parallel, parallel.pipeline_parallel)
@@ -124,12 +146,10 @@ def convert_mcore_to_hf(
     model = megatron_model(hf_config, parallel, params_dtype=dtype, initialize=False)
     try:
         load_model_weights(mcore_dir, model)
+    except (FileNotFoundError, ValueError):
+        raise  # already named: a missing or truncated file
     except (Exception, CheckpointException) as error:  # PyTorch's is a BaseException
-        last_line = str(error).strip().splitlines()[-1]  # its message ends a rank's traceback
-        raise ValueError(
-            f"{mcore_dir}: the checkpoint does not fit the model {source}/config.json describes "
-            f"({last_line}); pass the config it was trained with"
-        ) from error
+        raise ValueError(_load_failure(mcore_dir, source, error)) from error
     layout = Qwen3Layout.from_hf_config(hf_config)
     if on_start is not None:
         offset = get_transformer_layer_offset(model.config)

@@ -40,6 +40,23 @@ def directory_written_atomically(
         raise
     barrier()
     if leader:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        _replace_with(final, tmp)
     barrier()
+
+
+def _replace_with(final: Path, new: Path) -> None:
+    """Put ``new`` at ``final``; an old ``final`` is moved aside first and removed only after,
+    so a crash in between leaves one of them under a name (never neither)."""
+    old = final.with_name(final.name + ".old")
+    _remove(old)
+    if final.exists() or final.is_symlink():
+        os.replace(final, old)
+    os.replace(new, final)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -18,7 +18,12 @@ from megatron.core import dist_checkpointing
 
 from megatron_fork.atomic_files import directory_written_atomically, write_text_atomically
 from megatron_fork.models.hf_directory import copy_hf_metadata
-from megatron_fork.trainer.dcp_metadata import DIST_METADATA_FILE, read_checkpoint_metadata
+from megatron_fork.trainer.dcp_metadata import (
+    DIST_METADATA_FILE,
+    byte_entries_weights_only,
+    check_storage_files,
+    read_checkpoint_metadata,
+)
 
 LATEST_FILE = "latest"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -94,9 +99,7 @@ def hf_metadata_dir(model_source) -> Path:
 def load_model_weights(path, model) -> None:
     """Collective: only the model's weights from a Megatron checkpoint (a converted one or a
     trainer's; its optimizer state is not read), at this run's layout."""
-    read_checkpoint_metadata(path)  # refuses a checkpoint whose index is not plain metadata
-    loaded = dist_checkpointing.load(_sharded_state(model, None, is_loading=True), str(path))
-    getattr(model, "module", model).load_state_dict(loaded["model"])
+    _load(path, model, None)
 
 
 def latest_checkpoint(root) -> Path | None:
@@ -118,12 +121,21 @@ def load_checkpoint(path, model, optimizer=None) -> dict:
             f"{path} is not a complete checkpoint (no {TRAINER_STATE_FILE}); use "
             "latest_checkpoint(root) to find the newest complete one."
         )
-    read_checkpoint_metadata(path)  # refuses a checkpoint whose index is not plain metadata
-    loaded = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True), str(path))
+    _load(path, model, optimizer)
+    return json.loads(state_file.read_text())
+
+
+def _load(path, model, optimizer) -> None:
+    """The model (and optimizer) state of a checkpoint, with nothing in it unpickled beyond
+    plain data (see ``dcp_metadata``)."""
+    metadata = read_checkpoint_metadata(path)  # refuses an index that is not plain metadata
+    check_storage_files(path, metadata)
+    with byte_entries_weights_only():
+        state = _sharded_state(model, optimizer, is_loading=True)
+        loaded = dist_checkpointing.load(state, str(path))
     getattr(model, "module", model).load_state_dict(loaded["model"])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
-    return json.loads(state_file.read_text())
 
 
 def prune_checkpoints(root, keep: int) -> None:

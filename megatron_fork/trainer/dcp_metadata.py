@@ -1,18 +1,24 @@
-"""Read a Megatron (torch_dist) checkpoint's ``.metadata`` without trusting it.
+"""Load Megatron (torch_dist) checkpoints without trusting them.
 
-PyTorch's distributed checkpoint stores its index as a pickle and unpickles it unrestricted on
-load, so a crafted checkpoint could run code. Before any load, this module unpickles the index
-with an allowlist (PyTorch's checkpoint metadata types, ``torch.Size``, dtypes, layouts and
-memory formats) and refuses anything else by name. The rest of the format is safe to read:
-tensors are raw bytes, and Megatron reads its ``common.pt`` with ``torch.load``, whose default
-is ``weights_only=True`` on the torch this package requires (>= 2.6).
+PyTorch's distributed checkpoint unpickles two things unrestricted on load, so a crafted
+checkpoint could run code: its ``.metadata`` index, and every byte entry (the layers'
+``_extra_state``), which ``DefaultLoadPlanner.load_bytes`` reads with
+``torch.load(weights_only=False)``. ``read_checkpoint_metadata`` unpickles the index with an
+allowlist first (PyTorch's checkpoint metadata types, ``torch.Size``, dtypes, layouts, memory
+formats) and refuses anything else by name; ``byte_entries_weights_only`` makes the byte
+entries load with ``weights_only=True`` for the duration of a load. Tensors are raw bytes, and
+Megatron reads ``common.pt`` with ``torch.load``, whose default is ``weights_only=True`` on the
+torch this package requires (>= 2.6).
 """
 
 import io
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.planner import ReadItem
 
 DIST_METADATA_FILE = ".metadata"
 _DCP = "torch.distributed.checkpoint"
@@ -58,9 +64,50 @@ def read_checkpoint_metadata(path: str | Path):
         ) from error
 
 
+def check_storage_files(path: str | Path, metadata) -> None:
+    """Every data file the index points into is there and long enough (a missing or truncated
+    ``.distcp`` named, instead of a failure deep inside the load)."""
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, size in sorted(needed.items()):
+        file = Path(path) / name
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: missing from the checkpoint (its index needs it)")
+        if file.stat().st_size < size:
+            raise ValueError(
+                f"{file}: truncated ({file.stat().st_size} bytes, the index needs {size})"
+            )
+
+
 def stored_dtype(metadata, key: str) -> torch.dtype:
     """The dtype a tensor was saved in (e.g. ``embedding.word_embeddings.weight``)."""
     entry = metadata.state_dict_metadata.get(key)
     if entry is None:
-        raise KeyError(f"the checkpoint holds no tensor {key!r}: not a GPT model checkpoint?")
+        raise ValueError(f"the checkpoint holds no tensor {key!r}: not a GPT model checkpoint?")
     return entry.properties.dtype
+
+
+def _load_bytes_weights_only(self, read_item: ReadItem, value: io.BytesIO) -> None:
+    """``DefaultLoadPlanner.load_bytes`` (torch 2.6 - 2.13) with ``weights_only=True``."""
+    loaded = torch.load(value, weights_only=True)
+    if self.flatten_state_dict:
+        from torch.distributed.checkpoint._traverse import set_element
+
+        set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+    else:
+        self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+@contextmanager
+def byte_entries_weights_only():
+    """During the block, checkpoint byte entries unpickle with ``weights_only=True`` (a
+    process-wide switch of PyTorch's planner method, restored on exit; loads are collective
+    and not concurrent within a process)."""
+    original = DefaultLoadPlanner.load_bytes
+    DefaultLoadPlanner.load_bytes = _load_bytes_weights_only
+    try:
+        yield
+    finally:
+        DefaultLoadPlanner.load_bytes = original

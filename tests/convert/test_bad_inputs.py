@@ -18,7 +18,7 @@ from checkpoints_convert.checks import check_parallel_layout
 from checkpoints_convert.hf_to_mcore import convert_hf_to_mcore
 from checkpoints_convert.mcore_to_hf import convert_mcore_to_hf
 from megatron_fork.trainer.rl_config import ParallelConfig
-from tests.convert.test_round_trip_cli import ENV, convert
+from tests.support.convert_cli import ENV, convert
 from tests.support.distributed import run_distributed
 from tests.support.hf_folders import write_hf_folder
 from tests.support.tiny_qwen3 import tiny_qwen3_config
@@ -82,12 +82,19 @@ def test_layouts_that_do_not_divide_the_model():
         check_parallel_layout(tiny_qwen3_config(num_key_value_heads=2), 4, 1)
     with pytest.raises(ValueError, match="num_hidden_layers=2 does not divide by --pp 3"):
         check_parallel_layout(config, 1, 3)
+    config.intermediate_size = 49
+    with pytest.raises(ValueError, match="intermediate_size=49 does not divide by --tp 2"):
+        check_parallel_layout(config, 2, 1)
 
 
-def test_existing_output_needs_force(hf_dir, tmp_path):
+def test_existing_output_needs_force_and_never_replaces_the_input(hf_dir, tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(FileExistsError, match="pass --force"):
         convert_hf_to_mcore(hf_dir, tmp_path / "out", TP1)
+    for out in (hf_dir, tmp_path):  # the input itself, or a folder holding it
+        with pytest.raises(ValueError, match="would replace the input"):
+            convert_hf_to_mcore(hf_dir, out, TP1, force=True)
+    assert (hf_dir / "config.json").is_file()
 
 
 def test_cli_reports_a_bad_launch_in_one_line(hf_dir, tmp_path):
@@ -129,6 +136,25 @@ class _CallsACheckpointFunction:
         return (FileSystemWriter, ("written_by_unpickling",))
 
 
+def _overwrite_extra_state(checkpoint, payload: bytes) -> None:
+    metadata = pickle.loads((checkpoint / ".metadata").read_bytes())  # our own file: trusted
+    entry = next(i for i in metadata.storage_data.items() if "_extra_state" in i[0].fqn)
+    index, info = entry
+    assert len(payload) <= info.length
+    path = checkpoint / info.relative_path
+    data = bytearray(path.read_bytes())
+    data[info.offset : info.offset + len(payload)] = payload
+    path.write_bytes(bytes(data))
+
+
+def _tampered_worker(rank, world, mcore, out):
+    from tests.support.megatron_setup import init_megatron
+
+    init_megatron()
+    with pytest.raises(ValueError, match="refused, the checkpoint holds pickled objects"):
+        convert_mcore_to_hf(mcore, out, TP1)
+
+
 def test_bad_megatron_checkpoints(hf_dir, tmp_path):
     mcore, out = tmp_path / "mcore", tmp_path / "out"
     run_distributed(_convert_worker, 1, str(hf_dir), str(mcore))
@@ -149,6 +175,24 @@ def test_bad_megatron_checkpoints(hf_dir, tmp_path):
     (crafted / ".metadata").write_bytes(pickle.dumps(_CallsACheckpointFunction()))
     with pytest.raises(ValueError, match="filesystem.FileSystemWriter is not allowed"):
         convert_mcore_to_hf(crafted, out, TP1)
+
+    # The index untouched, a layer's extra-state bytes replaced by a code-running pickle:
+    # PyTorch would unpickle them with weights_only=False; here they load weights-only.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(mcore, tampered)
+    _overwrite_extra_state(tampered, pickle.dumps(_RunsCode(), protocol=2))
+    run_distributed(_tampered_worker, 1, str(tampered), str(out))
+    assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+
+    shard = sorted(mcore.glob("*.distcp"))[0]
+    truncated = tmp_path / "truncated"
+    shutil.copytree(mcore, truncated)
+    (truncated / shard.name).write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{shard.name}: truncated"):
+        convert_mcore_to_hf(truncated, out, TP1)
+    (truncated / shard.name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{shard.name}: missing from the checkpoint"):
+        convert_mcore_to_hf(truncated, out, TP1)
 
     other = tmp_path / "other"  # another model's config: 3 layers instead of 2
     other.mkdir()

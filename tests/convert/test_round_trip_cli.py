@@ -1,10 +1,10 @@
-"""The command line, as users run it: HF -> Megatron at TP=2 (torchrun, 2 gloo ranks) -> HF
-loaded at PP=2 (torchrun again: each stage writes its own shards), and the result is the
-original folder: every tensor bit-exact in value and dtype (bf16), the config, tokenizer and
-a generation config, loadable by ``AutoModelForCausalLM`` with the same greedy generation."""
+"""The command line, as users run it: HF (tied embeddings, 4 key/value heads, random norms) ->
+Megatron at TP=2 (torchrun, 2 gloo ranks) -> HF loaded at PP=2 (torchrun again: each stage
+writes its own shards), and the result is the original folder: every tensor bit-exact in value
+and dtype (bf16), the config, tokenizer and a generation config, loadable by
+``AutoModelForCausalLM`` with the same greedy generation."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,23 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tests.support.convert_cli import ENV, convert
 from tests.support.hf_folders import write_hf_folder
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def convert(*args: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m checkpoints_convert ...``, under torchrun when ``nproc`` > 1."""
-    launcher = [sys.executable]
-    if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    done = subprocess.run(
-        [*launcher, "-m", "checkpoints_convert", *args],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    if check:
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
 
 
 def _all_tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -41,7 +26,8 @@ def _all_tensors(directory: Path) -> dict[str, torch.Tensor]:
 def test_hf_to_megatron_tp2_to_hf_is_bit_exact(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    original = write_hf_folder(tmp_path / "hf", dtype=torch.bfloat16)
+    # Tied embeddings: at PP=2 the last stage holds Megatron's copy of the embedding.
+    original = write_hf_folder(tmp_path / "hf", tie=True, kv_heads=4, dtype=torch.bfloat16)
     convert("hf-to-mcore", "--hf", f"{tmp_path}/hf", "--out", f"{tmp_path}/mcore", "--tp", "2",
             nproc=2)  # fmt: skip
     assert (tmp_path / "mcore" / "hf" / "tokenizer.json").is_file()

@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from tests.convert.test_round_trip_cli import convert
+from tests.support.convert_cli import convert
 from tests.support.distributed import run_distributed
 from tests.support.tiny_run import rl_config
 

@@ -17,7 +17,12 @@ def write_hf_folder(
     directory: Path, tie: bool = False, kv_heads: int = 2, dtype=torch.float32, seed: int = 0
 ):
     """The saved model (eval mode); ``expected.pt`` beside the folder holds tokens + logits."""
-    model = tiny_qwen3_model(seed=seed, tie=tie, num_key_value_heads=kv_heads).to(dtype)
+    model = tiny_qwen3_model(seed=seed, tie=tie, num_key_value_heads=kv_heads)
+    with torch.no_grad():  # norms start at 1.0: make them differ, so a swapped norm shows
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    model = model.to(dtype)
     model.save_pretrained(directory, max_shard_size=SHARD_SIZE)
     build_and_save(directory)
     tokens = torch.randint(0, 60, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
