@@ -15,7 +15,8 @@ from checkpoints_convert.checks import check_world_size
 # torch, Megatron-Core and the converters are imported once the arguments are read, so --help
 # and a bad launch answer at once.
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ValueError, OSError)
+"""Bad input, a missing file, a full disk: one line, exit status 2."""
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
 _UNITS["GIB"] = 2**30
 

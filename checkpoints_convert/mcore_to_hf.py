@@ -30,7 +30,7 @@ from megatron_fork.models.hf_directory import (
 )
 from megatron_fork.models.hf_mapping import Qwen3Layout, iter_hf_weights, stage_hf_names
 from megatron_fork.models.hf_weights import HFWeights, check_weights_match_config
-from megatron_fork.parallel.rank0 import from_rank0, is_rank0
+from megatron_fork.parallel.rank0 import barrier, from_rank0, is_rank0
 from megatron_fork.trainer.actor import megatron_model, read_hf_config
 from megatron_fork.trainer.checkpoint import hf_metadata_dir, load_model_weights
 from megatron_fork.trainer.dcp_metadata import (
@@ -54,36 +54,47 @@ def _metadata_source(mcore_dir: Path, hf_metadata: str | Path | None) -> Path:
     return source
 
 
-def _barrier() -> None:
-    dist.barrier()
-
-
 def _write_stage_shards(model, layout, tmp: Path, dtype, max_shard_bytes: int, on_param) -> list:
     """Every rank streams its stage (the TP all-gathers are collective); the stage's first TP
     rank of the first data-parallel replica writes, every tensor in ``dtype`` (Megatron keeps
     some norms in fp32 whatever the model's dtype; a HF folder has one). Returns (stage,
-    shard records)."""
+    shard records, write error). A write error (disk full, permissions) does not stop the
+    stream, whose all-gathers the stage's other ranks are waiting in: it is reported after."""
     module = getattr(model, "module", model)
     offset = get_transformer_layer_offset(module.config)
     stage = ps.get_pipeline_model_parallel_rank()
     writes = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     writer = SafetensorsShardWriter(tmp, f"stage{stage:04d}", max_shard_bytes)
     tp_group = ps.get_tensor_model_parallel_group()
+    error = None
     for name, tensor in iter_hf_weights(model, layout, tp_group, offset):
-        if writes:
-            writer.add(name, tensor.to(dtype))
+        if writes and error is None:
+            error = _os_error(writer.add, name, tensor.to(dtype))
         if on_param is not None:
             on_param(name)
-    return [(stage, writer.close())] if writes else []
+    if writes and error is None:
+        error = _os_error(writer.close)
+    return [(stage, writer.records, error)] if writes else []
 
 
-def _all_records_in_stage_order(local: list) -> list:
+def _os_error(write, *args) -> str | None:
+    try:
+        write(*args)
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _all_records_in_stage_order(local: list) -> tuple[list, list[str]]:
+    """On rank 0: every stage's shard records in stage order, and the stages' write errors."""
     gathered = [None] * dist.get_world_size() if is_rank0() else None
     dist.gather_object(local, gathered, dst=0)
     if not is_rank0():
-        return []
+        return [], []
     by_stage = sorted(entry for rank_entries in gathered for entry in rank_entries)
-    return [record for _, records in by_stage for record in records]
+    records = [record for _, stage_records, _ in by_stage for record in stage_records]
+    errors = [f"stage {stage}: {error}" for stage, _, error in by_stage if error]
+    return records, errors
 
 
 def _write_metadata(tmp: Path, source: Path, hf_config, dtype: torch.dtype) -> None:
@@ -117,8 +128,11 @@ def _load_failure(mcore_dir: Path, source: Path, error: BaseException) -> str:
     return f"{mcore_dir}: could not be loaded ({type(error).__name__}: {last_line})"
 
 
-def _finish_folder(tmp: Path, records: list, source: Path, hf_config, dtype) -> None:
+def _finish_folder(tmp: Path, written: tuple, source: Path, hf_config, dtype) -> None:
     """Rank 0: final shard names and index, metadata, and a read-back check of the result."""
+    records, errors = written
+    if errors:
+        raise OSError(f"writing {tmp} failed: " + "; ".join(errors))
     name_shards(tmp, records)
     _write_metadata(tmp, source, hf_config, dtype)
     check_weights_match_config(HFWeights(tmp), hf_config)
@@ -154,8 +168,8 @@ def convert_mcore_to_hf(
     if on_start is not None:
         offset = get_transformer_layer_offset(model.config)
         on_start(len(stage_hf_names(model, layout, offset)))
-    with directory_written_atomically(out, is_rank0(), _barrier) as tmp:
+    with directory_written_atomically(out, is_rank0(), barrier) as tmp:
         records = _write_stage_shards(model, layout, tmp, dtype, max_shard_bytes, on_param)
-        records = _all_records_in_stage_order(records)
-        from_rank0(lambda: _finish_folder(tmp, records, source, hf_config, dtype))
+        written = _all_records_in_stage_order(records)
+        from_rank0(lambda: _finish_folder(tmp, written, source, hf_config, dtype))
     return Path(out)

@@ -8,6 +8,12 @@ def is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def barrier() -> None:
+    """Every rank waits for the others; nothing without a process group."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def from_rank0(work):
     """``work()`` on rank 0, its result (picklable) on every rank. An error there is raised on
     every rank: the original on rank 0, a RuntimeError naming it on the others."""

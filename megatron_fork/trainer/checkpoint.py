@@ -13,11 +13,11 @@ import json
 import shutil
 from pathlib import Path
 
-import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from megatron_fork.atomic_files import directory_written_atomically, write_text_atomically
 from megatron_fork.models.hf_directory import copy_hf_metadata
+from megatron_fork.parallel.rank0 import barrier, from_rank0, is_rank0
 from megatron_fork.trainer.dcp_metadata import (
     DIST_METADATA_FILE,
     byte_entries_weights_only,
@@ -32,15 +32,6 @@ HF_METADATA_DIR = "hf"
 
 def checkpoint_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"step_{step:08d}"
-
-
-def _is_first_rank() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def _sharded_state(model, optimizer, is_loading: bool) -> dict:
@@ -59,15 +50,18 @@ def write_checkpoint(
     and tokenizer files of ``hf_metadata`` (a model folder) in its ``hf/`` subfolder, so the
     checkpoint alone describes its model (conversion back to Hugging Face needs nothing else).
     """
-    with directory_written_atomically(directory, _is_first_rank(), _barrier) as tmp:
+    with directory_written_atomically(directory, is_rank0(), barrier) as tmp:
         dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(tmp))
-        if _is_first_rank():
-            if hf_metadata is not None:
-                copy_hf_metadata(hf_metadata, tmp / HF_METADATA_DIR)
-            if trainer_state is not None:
-                text = json.dumps(trainer_state, indent=2, sort_keys=True)
-                (tmp / TRAINER_STATE_FILE).write_text(text)
+        from_rank0(lambda: _write_small_files(tmp, trainer_state, hf_metadata))
     return Path(directory)
+
+
+def _write_small_files(tmp: Path, trainer_state: dict | None, hf_metadata) -> None:
+    if hf_metadata is not None:
+        copy_hf_metadata(hf_metadata, tmp / HF_METADATA_DIR)
+    if trainer_state is not None:
+        text = json.dumps(trainer_state, indent=2, sort_keys=True)
+        (tmp / TRAINER_STATE_FILE).write_text(text)
 
 
 def save_checkpoint(
@@ -77,9 +71,9 @@ def save_checkpoint(
     the checkpoint's directory."""
     final = checkpoint_dir(root, step)
     write_checkpoint(final, model, optimizer, {"step": step, **(trainer_state or {})}, hf_metadata)
-    if _is_first_rank():
+    if is_rank0():
         write_text_atomically(Path(root) / LATEST_FILE, final.name)
-    _barrier()
+    barrier()
     return final
 
 
@@ -141,7 +135,7 @@ def _load(path, model, optimizer) -> None:
 def prune_checkpoints(root, keep: int) -> None:
     """Remove all but the newest ``keep`` complete checkpoints (rank 0 only; call after a
     save). The one ``latest`` names is never removed."""
-    if not _is_first_rank():
+    if not is_rank0():
         return
     latest = latest_checkpoint(root)
     complete = sorted(p for p in Path(root).glob("step_*") if p.suffix != ".tmp" and p.is_dir())

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_fork.atomic_files import write_text_atomically
-from megatron_fork.parallel.rank0 import from_rank0
+from megatron_fork.parallel.rank0 import from_rank0, is_rank0
 from megatron_fork.trainer.actor import (
     build_actor,
     build_reference_model,
@@ -39,17 +39,13 @@ from megatron_fork.trainer.weight_sync import sync_weights
 RUN_CONFIG_FILE = "run_config.json"
 
 
-def _is_rank0() -> bool:
-    return dist.get_rank() == 0
-
-
 def _gather_last_stage_metrics(metrics: dict | None) -> dict | None:
     """The last pipeline stage's metrics (identical on its ranks) on rank 0."""
     if dist.get_world_size() == 1:
         return metrics
-    gathered = [None] * dist.get_world_size() if _is_rank0() else None
+    gathered = [None] * dist.get_world_size() if is_rank0() else None
     dist.gather_object(metrics, gathered, dst=0)
-    return next(m for m in gathered if m is not None) if _is_rank0() else None
+    return next(m for m in gathered if m is not None) if is_rank0() else None
 
 
 def _write_run_config(config: RLConfig) -> None:
@@ -83,16 +79,7 @@ def _run(config: RLConfig) -> dict | None:
         config.base_model, config.parallel, config.optimizer, load_weights=latest is None
     )
     groups = LossGroups.from_parallel_state()
-    rollout = config.rollout
-    check_batch_layout(
-        rollout.prompts_per_step * rollout.samples_per_prompt,
-        config.mini_batches_per_step,
-        config.micro_batch_size,
-        groups.dp_size,
-    )
-    loss_config = config.loss
-    if loss_config.vocab_size is None:  # leave Megatron's TP padding out of the softmax
-        loss_config = dataclasses.replace(loss_config, vocab_size=actor.vocab_size)
+    loss_config = _checked_loss_config(config, actor, groups)
     reference = None
     if loss_config.kl_coef > 0:  # the KL term's reference: the frozen base model
         reference = build_reference_model(config.base_model, config.parallel)
@@ -121,27 +108,41 @@ def _run(config: RLConfig) -> dict | None:
             from_rank0(
                 lambda: controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
             )
-        with StepProgress(config.steps, state["step"], config.progress and _is_rank0()) as bar:
+        with StepProgress(config.steps, state["step"], config.progress and is_rank0()) as bar:
             for step in range(state["step"] + 1, config.steps + 1):
                 last = _rl_step(
                     config, actor, reference, groups, loss_config, controller, pad_id, step
                 )
                 bar.advance(last or {})
                 if _due(config.checkpoint_every, step, config):
-                    cursor = controller.stream.cursor if controller else None
-                    save_checkpoint(
-                        checkpoints,
-                        step,
-                        actor.model,
-                        actor.optimizer,
-                        {"prompt_cursor": cursor},
-                        hf_metadata=hf_metadata_dir(config.base_model),
-                    )
-                    prune_checkpoints(checkpoints, config.keep_checkpoints)
+                    _checkpoint(config, checkpoints, step, actor, controller)
     finally:
         if controller:
             controller.close()
     return last
+
+
+def _checked_loss_config(config: RLConfig, actor, groups):
+    """The loss config with the true vocabulary (Megatron's TP padding left out of the
+    softmax), after checking that the batch splits over the layout."""
+    rollout = config.rollout
+    check_batch_layout(
+        rollout.prompts_per_step * rollout.samples_per_prompt,
+        config.mini_batches_per_step,
+        config.micro_batch_size,
+        groups.dp_size,
+    )
+    if config.loss.vocab_size is not None:
+        return config.loss
+    return dataclasses.replace(config.loss, vocab_size=actor.vocab_size)
+
+
+def _checkpoint(config: RLConfig, root: Path, step: int, actor, controller) -> None:
+    cursor = controller.stream.cursor if controller else None
+    state = {"prompt_cursor": cursor}
+    hf_metadata = hf_metadata_dir(config.base_model)
+    save_checkpoint(root, step, actor.model, actor.optimizer, state, hf_metadata=hf_metadata)
+    prune_checkpoints(root, config.keep_checkpoints)
 
 
 def _rl_step(

@@ -226,3 +226,27 @@ def test_killed_conversion_leaves_no_output(tmp_path):
     assert not out.exists()
     convert("hf-to-mcore", "--hf", str(tmp_path / "hf"), "--out", str(out))  # starts over
     assert out.is_dir() and not tmp.exists()
+
+
+def _write_fails_worker(rank, world, mcore, out):
+    """The stage-1 writer cannot write (as on a full disk): both ranks raise, none hangs."""
+    from megatron_fork.models import hf_directory
+    from tests.support.megatron_setup import init_megatron
+
+    init_megatron(pp=2)
+    if rank == 1:
+
+        def disk_full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        hf_directory.save_file = disk_full
+    expected = OSError if rank == 0 else RuntimeError
+    with pytest.raises(expected, match="stage 1: OSError.*No space left on device"):
+        convert_mcore_to_hf(mcore, out, ParallelConfig(pipeline_parallel=2, vocab_multiple=16))
+
+
+def test_a_failed_stage_writer_fails_every_rank_and_leaves_no_output(hf_dir, tmp_path):
+    mcore, out = tmp_path / "mcore", tmp_path / "out"
+    run_distributed(_convert_worker, 1, str(hf_dir), str(mcore))
+    run_distributed(_write_fails_worker, 2, str(mcore), str(out), timeout=120)
+    assert not out.exists() and not list(tmp_path.glob("out*"))
