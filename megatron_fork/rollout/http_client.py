@@ -76,3 +76,10 @@ class ServerClient:
         if not answer.get("success", False):
             raise ServerError(self.url, f"{path} failed: {answer.get('message')}")
         return answer
+
+    def release_memory_occupation(self, tags: list[str] | None = None) -> None:
+        """Colocated engines (``--enable-memory-saver``): free weights/KV cache for training."""
+        self.call("/release_memory_occupation", {"tags": tags})
+
+    def resume_memory_occupation(self, tags: list[str] | None = None) -> None:
+        self.call("/resume_memory_occupation", {"tags": tags})

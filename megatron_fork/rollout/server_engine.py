@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from megatron_fork.rollout.fp8 import fp8_named_tensors
 from megatron_fork.rollout.http_client import ServerClient, ServerError
 from megatron_fork.rollout.sglang_protocol import (
     DEFAULT_GROUP_NAME,
@@ -52,9 +53,12 @@ class ServerRolloutEngine:
         master_address: str = "127.0.0.1",
         backend: str = "gloo",
         version: int = 0,
+        fp8_block: int | None = None,
     ):
         """``pool`` (a ``ServerPool``) restarts servers that are down; without one they stay
-        down. Servers must start at weight ``version``."""
+        down. Servers must start at weight ``version``. ``fp8_block``: send linear weights as
+        blockwise FP8 with their scales (for engines serving FP8)."""
+        self.fp8_block = fp8_block
         self.clients = [ServerClient(url, request_timeout_s) for url in urls]
         self.pool, self.master_address, self.backend = pool, master_address, backend
         self._version = version
@@ -119,6 +123,8 @@ class ServerRolloutEngine:
         self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None
     ) -> None:
         bucket = [(name, tensor.detach().contiguous()) for name, tensor in named_tensors]
+        if self.fp8_block is not None:
+            bucket = list(fp8_named_tensors(bucket, self.fp8_block))
         if not bucket and version is None:
             return
         if not self._syncing:

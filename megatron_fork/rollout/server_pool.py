@@ -23,6 +23,8 @@ _READY = re.compile(r"serving on (http://\S+)")
 @dataclass
 class ServerProcess:
     command: list[str]
+    preset_url: str | None = None
+    """Known up front (sglang's ``--host``/``--port``); else read from the ready line."""
     process: subprocess.Popen | None = None
     url: str | None = None
     log: list[str] = field(default_factory=list)
@@ -38,8 +40,15 @@ def cpu_server_command(model_path: str, **options) -> list[str]:
 
 
 class ServerPool:
-    def __init__(self, commands: Sequence[list[str]], startup_timeout_s: float = 300.0):
-        self.servers = [ServerProcess(list(command)) for command in commands]
+    def __init__(
+        self,
+        commands: Sequence[list[str]],
+        startup_timeout_s: float = 300.0,
+        urls: Sequence[str | None] | None = None,
+    ):
+        """``urls``: each server's URL when its command fixes it (sglang), else None."""
+        urls = list(urls) if urls is not None else [None] * len(commands)
+        self.servers = [ServerProcess(list(c), u) for c, u in zip(commands, urls, strict=True)]
         self.startup_timeout_s = startup_timeout_s
         for index in range(len(self.servers)):
             self._launch(index)
@@ -78,7 +87,7 @@ class ServerPool:
         server.process = subprocess.Popen(
             server.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
-        server.url, server.log = None, []
+        server.url, server.log = server.preset_url, []
         threading.Thread(target=self._read_output, args=(server,), daemon=True).start()
 
     @staticmethod
@@ -87,7 +96,7 @@ class ServerPool:
         for line in server.process.stdout:
             server.log = (server.log + [line.rstrip()])[-40:]
             match = _READY.search(line)
-            if match and server.url is None:
+            if match and server.preset_url is None:
                 server.url = match.group(1)
 
     def _wait_ready(self, index: int) -> None:

@@ -11,7 +11,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+}
+_BYTE_WIRE = (torch.float8_e4m3fn,)
+"""Sent as their bytes (collectives need not know FP8)."""
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -31,7 +38,8 @@ class WeightGroup:
         options = dist.BroadcastOptions()
         options.rootRank = 0
         for tensor in tensors:
-            self.group.broadcast([tensor], options).wait()
+            wire = tensor.view(torch.uint8) if tensor.dtype in _BYTE_WIRE else tensor
+            self.group.broadcast([wire], options).wait()
 
 
 def join_weight_group(

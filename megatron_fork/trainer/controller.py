@@ -9,6 +9,7 @@ from megatron_fork.data.prompt_sets import load_prompt_sets
 from megatron_fork.data.prompt_stream import PromptStream
 from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
 from megatron_fork.rewards.scorer import MathRewardScorer
+from megatron_fork.rollout.fp8 import BLOCK as FP8_BLOCK
 from megatron_fork.rollout.server_engine import ServerRolloutEngine
 from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
@@ -112,13 +113,16 @@ def rollout_engine(config: RLConfig, hf_config, pad_id: int):
     pool = None
     urls = list(rollout.server_urls)
     if not urls:
-        command = cpu_server_command(
-            str(hf_metadata_dir(config.base_model)),
+        options = dict(
             load_format="dummy",
             max_batch_size=rollout.engine_batch_size,
             pad_token_id=pad_id,
             random_seed=config.seed,
         )
+        if rollout.fp8:
+            options["quantization"] = "fp8"
+        command = cpu_server_command(str(hf_metadata_dir(config.base_model)), **options)
         pool = ServerPool([command] * rollout.servers)
         urls = pool.urls
-    return ServerRolloutEngine(urls, pool, rollout.request_timeout_s)
+    fp8_block = FP8_BLOCK if rollout.fp8 else None
+    return ServerRolloutEngine(urls, pool, rollout.request_timeout_s, fp8_block=fp8_block)

@@ -46,10 +46,13 @@ class RolloutConfig:
     """A server that does not answer a generate call in this time is taken as down."""
     weight_bucket_bytes: int = 512 * 1024 * 1024
     """Weight sync bucket size: bounds the extra memory a sync needs on the sending ranks."""
+    fp8: bool = False
+    """Servers serve FP8: linear weights are sent as blockwise (128 x 128) e4m3 + scales."""
 
     def __post_init__(self):
         _require(self.engine in ("torch", "server"), "rollout.engine must be 'torch' or 'server'")
         _require(self.servers >= 1, "rollout.servers must be >= 1")
+        _require(not self.fp8 or self.engine == "server", "rollout.fp8 needs rollout.engine=server")
         _require(self.weight_bucket_bytes >= 1, "rollout.weight_bucket_bytes must be >= 1")
         _require(self.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1")
         _require(self.samples_per_prompt >= 2, "rollout.samples_per_prompt (G) must be >= 2")

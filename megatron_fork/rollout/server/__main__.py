@@ -31,6 +31,7 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--load-format", choices=("auto", "dummy"), default="auto")
     parser.add_argument("--weight-version", type=int, default=0)
+    parser.add_argument("--quantization", choices=("fp8",), default=None)
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--pad-token-id", type=int, default=0)
     parser.add_argument("--random-seed", type=int, default=0)
@@ -44,7 +45,8 @@ def main(argv=None) -> None:
         args.random_seed,
     )
     engine.update_weights((), version=args.weight_version)
-    httpd = make_http_server(EngineServer(engine, args.model_path), args.host, args.port)
+    server = EngineServer(engine, args.model_path, fp8=args.quantization == "fp8")
+    httpd = make_http_server(server, args.host, args.port)
     host, port = httpd.server_address[:2]
     print(f"serving on http://{host}:{port}", flush=True)
     httpd.serve_forever()

@@ -11,6 +11,7 @@ half-applied bucket; the version changes only with a bucket that names one.
 import threading
 
 from megatron_fork.models.hf_weights import HFWeights
+from megatron_fork.rollout.fp8 import dequantize_named_tensors
 from megatron_fork.rollout.sglang_protocol import (
     InitWeightsUpdateGroup,
     ProtocolError,
@@ -30,9 +31,12 @@ class Busy(Exception):
 
 
 class EngineServer:
-    def __init__(self, engine, model_path: str):
+    def __init__(self, engine, model_path: str, fp8: bool = False):
+        """``fp8``: weights arrive as blockwise FP8 (``fp8.fp8_named_tensors``) and are
+        dequantised on receipt, so the engine computes with what an FP8 engine holds."""
         self.engine = engine
         self.model_path = model_path
+        self.fp8 = fp8
         self._engine_lock = threading.Lock()
         self._open = threading.Event()
         self._open.set()  # cleared while generation is paused
@@ -99,6 +103,8 @@ class EngineServer:
         if group is None:
             raise ProtocolError(f"no weight-update group {update.group_name!r}: init it first")
         named = receive_tensors(group, update.names, update.dtypes, update.shapes)
+        if self.fp8:
+            named = dequantize_named_tensors(named)
         return self._apply(named, update.weight_version)
 
     def update_weights_from_disk(self, body: dict) -> dict:
