@@ -52,6 +52,12 @@ def _sync_seconds(engine, named: list, bucket_bytes: int, version: int) -> float
     return time.perf_counter() - start
 
 
+def _report(mode: str, bucket_mb: int, seconds: float, nbytes: int, copy_s: float) -> None:
+    rate = nbytes / seconds / GB
+    print(f"{mode:>10}, bucket {bucket_mb:>4} MiB: sync {seconds:.3f} s = {rate:.2f} GB/s "
+          f"({copy_s / seconds:.3f}x the plain copy)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=1024)
@@ -74,13 +80,14 @@ def main() -> None:
             engine = ServerRolloutEngine(pool.urls, pool)
             _sync_seconds(engine, named, 64 << 20, version=1)  # warm-up: forms the group
             version = 1
-            for mb in args.bucket_mb:
-                best = float("inf")
-                for _ in range(args.repeats):
-                    version += 1
-                    best = min(best, _sync_seconds(engine, named, mb << 20, version))
-                print(f"bucket {mb:>5} MiB: sync {best:.3f} s = {nbytes / best / GB:.2f} GB/s "
-                      f"({copy_s / best:.3f}x the plain copy)")  # fmt: skip
+            for flattened in (False, True):
+                engine.flattened_buckets = flattened
+                for mb in args.bucket_mb:
+                    best = float("inf")
+                    for _ in range(args.repeats):
+                        version += 1
+                        best = min(best, _sync_seconds(engine, named, mb << 20, version))
+                    _report("flattened" if flattened else "per tensor", mb, best, nbytes, copy_s)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import urllib.request
 from megatron_fork.rollout.sglang_protocol import (
     InitWeightsUpdateGroup,
     UpdateWeightsFromDistributed,
+    UpdateWeightsFromTensor,
     generate_payload,
     samples_from_response,
 )
@@ -83,3 +84,7 @@ class ServerClient:
 
     def resume_memory_occupation(self, tags: list[str] | None = None) -> None:
         self.call("/resume_memory_occupation", {"tags": tags})
+
+    def update_weights_from_tensor(self, update: UpdateWeightsFromTensor) -> dict:
+        """Colocated engines (GPU): payloads of CUDA IPC handles, one per engine TP rank."""
+        return self._succeeded("/update_weights_from_tensor", update.body())

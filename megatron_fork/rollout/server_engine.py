@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from megatron_fork.rollout.flattened_bucket import flatten_bucket
 from megatron_fork.rollout.fp8 import fp8_named_tensors
 from megatron_fork.rollout.http_client import ServerClient, ServerError
 from megatron_fork.rollout.sglang_protocol import (
@@ -54,11 +55,13 @@ class ServerRolloutEngine:
         backend: str = "gloo",
         version: int = 0,
         fp8_block: int | None = None,
+        flattened_buckets: bool = False,
     ):
         """``pool`` (a ``ServerPool``) restarts servers that are down; without one they stay
         down. Servers must start at weight ``version``. ``fp8_block``: send linear weights as
-        blockwise FP8 with their scales (for engines serving FP8)."""
-        self.fp8_block = fp8_block
+        blockwise FP8 with their scales (for engines serving FP8). ``flattened_buckets``: one
+        uint8 broadcast per bucket (sglang's ``flattened_bucket``) instead of one per tensor."""
+        self.fp8_block, self.flattened_buckets = fp8_block, flattened_buckets
         self.clients = [ServerClient(url, request_timeout_s) for url in urls]
         self.pool, self.master_address, self.backend = pool, master_address, backend
         self._version = version
@@ -141,10 +144,12 @@ class ServerRolloutEngine:
             dtypes=tuple(dtype_name(t.dtype) for _, t in bucket),
             shapes=tuple(tuple(t.shape) for _, t in bucket),
             weight_version=None if version is None else str(version),
+            load_format="flattened_bucket" if self.flattened_buckets else None,
         )
+        wire = [flatten_bucket(bucket)] if self.flattened_buckets else [t for _, t in bucket]
         self._on_every_server(
             lambda i, client: client.update_weights_from_distributed(update),
-            during=lambda: self._group.broadcast([t for _, t in bucket]),
+            during=lambda: self._group.broadcast(wire),
         )
         if version is not None:
             self._finish_sync(version)

@@ -2,7 +2,8 @@
 ``/generate`` and of the weight-update endpoints, built and parsed for both sides (the trainer's
 client and this project's CPU server), so the code that talks to sglang is the code tested here.
 
-Fields follow sglang ``SGLANG_VERSION``'s server (``entrypoints/http_server.py``,
+Fields follow sglang ``SGLANG_VERSION``'s server (the weight-update bodies checked field by
+field against ``managers/io_struct.py``'s ``*ReqInput`` classes) (``entrypoints/http_server.py``,
 ``managers/io_struct.py``, ``sampling/sampling_params.py``; see ../shared/SGLANG_API.md):
 ``input_ids`` as a list of lists with one ``sampling_params`` dict each; ``return_logprob`` with
 ``logprob_start_len=-1`` (output tokens only); per-request seeds as ``sampling_seed`` (sglang
@@ -185,12 +186,31 @@ class UpdateWeightsFromDistributed:
     flush_cache: bool = False
     abort_all_requests: bool = False
     load_format: str | None = None
+    """None: one broadcast per tensor; "flattened_bucket": one uint8 broadcast of the bucket
+    (``flattened_bucket.flatten_bucket``)."""
+    torch_empty_cache: bool = False
 
     def body(self) -> dict:
         body = asdict(self)
         body.update(names=list(self.names), dtypes=list(self.dtypes))
         body["shapes"] = [list(s) for s in self.shapes]
         return body
+
+
+@dataclass(frozen=True)
+class UpdateWeightsFromTensor:
+    """``/update_weights_from_tensor`` (colocated engines): one serialized payload per engine
+    TP rank, made by sglang's ``MultiprocessingSerializer`` from CUDA IPC handles (GPU only;
+    the source tensors must live until the call returns)."""
+
+    serialized_named_tensors: tuple[str, ...]
+    load_format: str | None = None
+    flush_cache: bool = False
+    abort_all_requests: bool = False
+    weight_version: str | None = None
+
+    def body(self) -> dict:
+        return {**asdict(self), "serialized_named_tensors": list(self.serialized_named_tensors)}
 
 
 def parse_body(cls, body: dict):

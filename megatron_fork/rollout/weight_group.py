@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore
 
+from megatron_fork.rollout.flattened_bucket import unflatten_bucket
+
 DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -64,12 +66,20 @@ def join_weight_group(
 
 
 def receive_tensors(
-    group: WeightGroup, names, dtypes, shapes, device: str = "cpu"
+    group: WeightGroup, names, dtypes, shapes, flattened: bool = False, device: str = "cpu"
 ) -> list[tuple[str, torch.Tensor]]:
-    """The receiving side of one bucket: fresh tensors of the announced dtypes and shapes."""
+    """The receiving side of one bucket: fresh tensors of the announced dtypes and shapes, sent
+    one broadcast each or (``flattened``) as one uint8 buffer."""
     unknown = sorted({d for d in dtypes if d not in DTYPES})
     if unknown:
         raise ValueError(f"unsupported dtypes {unknown}: expected one of {sorted(DTYPES)}")
+    if flattened:
+        torch_dtypes = [DTYPES[d] for d in dtypes]
+        sizes = [torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
+                 for s, d in zip(shapes, torch_dtypes, strict=True)]  # fmt: skip
+        buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=device)
+        group.broadcast([buffer])
+        return unflatten_bucket(buffer, names, torch_dtypes, shapes)
     tensors = [
         torch.empty(tuple(shape), dtype=DTYPES[dtype], device=device)
         for dtype, shape in zip(dtypes, shapes, strict=True)

@@ -4,7 +4,8 @@ weights broadcast over a real gloo weight-update group.
 
 - After each sync every server's log-probs of its own samples equal the trainer's log-probs of
   the same tokens (Megatron at TP=2, fp32, max abs <= 2e-5), and the weight version advances
-  once per sync: servers report the old version until the last bucket is in.
+  once per sync: servers report the old version until the last bucket is in. The first sync
+  broadcasts tensor by tensor, the second one flattened buffer per bucket.
 - With PP=2 the weights reach rank 0 one bucket at a time: no bucket received from the other
   stage is still alive when the next arrives, so the bucket size bounds a sync's extra memory.
 
@@ -75,6 +76,8 @@ def _servers_worker(rank, world, model_dir):
     try:
         for version in (1, 2):
             _perturb_(actor.model.module, seed=version)
+            if engine is not None:  # sglang's two load formats: per tensor, then flattened
+                engine.flattened_buckets = version == 2
             seen = []
 
             def consume(bucket, seen=seen):

@@ -2,6 +2,7 @@
 sglang's server takes and returns (fields from its source: ../shared/SGLANG_API.md)."""
 
 import pytest
+import torch
 
 from megatron_fork.rollout.sglang_protocol import (
     SGLANG_VERSION,
@@ -83,7 +84,36 @@ def test_weight_update_bodies_are_sglangs():
         "names": ["a.weight", "b.weight"], "dtypes": ["bfloat16", "float32"],
         "shapes": [[2, 3], [4]], "group_name": "weight_update_group", "weight_version": "7",
         "flush_cache": False, "abort_all_requests": False, "load_format": None,
+        "torch_empty_cache": False,
     }  # fmt: skip
     assert parse_body(UpdateWeightsFromDistributed, update.body()) == update
     with pytest.raises(ProtocolError, match=r"unknown fields \['extra'\]"):
         parse_body(InitWeightsUpdateGroup, {**init.body(), "extra": 1})
+
+
+def test_flattened_bucket_round_trip_and_mismatch():
+    from megatron_fork.rollout.flattened_bucket import flatten_bucket, unflatten_bucket
+
+    named = [
+        ("a", torch.arange(6, dtype=torch.float32).view(2, 3)),
+        ("b", torch.tensor([1.5, -2.0], dtype=torch.bfloat16)),
+        ("c", torch.tensor([7], dtype=torch.float16)),
+    ]
+    buffer = flatten_bucket(named)
+    assert buffer.dtype == torch.uint8 and buffer.numel() == 6 * 4 + 2 * 2 + 2
+    names, dtypes, shapes = zip(*[(n, t.dtype, tuple(t.shape)) for n, t in named], strict=True)
+    for (name, got), (_, want) in zip(unflatten_bucket(buffer, names, dtypes, shapes), named,
+                                      strict=True):  # fmt: skip
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    with pytest.raises(ValueError, match="bytes no name claims"):
+        unflatten_bucket(buffer, names[:2], dtypes[:2], shapes[:2])
+
+
+def test_update_from_tensor_body_is_sglangs():
+    from megatron_fork.rollout.sglang_protocol import UpdateWeightsFromTensor
+
+    body = UpdateWeightsFromTensor(("cGF5bG9hZA==",), "flattened_bucket", weight_version="3").body()
+    assert body == {
+        "serialized_named_tensors": ["cGF5bG9hZA=="], "load_format": "flattened_bucket",
+        "flush_cache": False, "abort_all_requests": False, "weight_version": "3",
+    }  # fmt: skip

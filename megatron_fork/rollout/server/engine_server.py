@@ -97,12 +97,14 @@ class EngineServer:
 
     def update_weights_from_distributed(self, body: dict) -> dict:
         update = parse_body(UpdateWeightsFromDistributed, body)
-        if update.load_format is not None:
-            raise ProtocolError(f"load_format {update.load_format!r}: only per-tensor broadcasts")
+        if update.load_format not in (None, "flattened_bucket"):
+            raise ProtocolError(f"load_format {update.load_format!r}: None or flattened_bucket")
         group = self._groups.get(update.group_name)
         if group is None:
             raise ProtocolError(f"no weight-update group {update.group_name!r}: init it first")
-        named = receive_tensors(group, update.names, update.dtypes, update.shapes)
+        named = receive_tensors(
+            group, update.names, update.dtypes, update.shapes, update.load_format is not None
+        )
         if self.fp8:
             named = dequantize_named_tensors(named)
         return self._apply(named, update.weight_version)
