@@ -1,0 +1,56 @@
+"""Quantiles, summaries, position buckets and top-position overlap on hand-worked examples."""
+
+import pytest
+import torch
+
+from megatron_fork.analysis.entropy_statistics import (
+    entropy_by_position,
+    quantile_higher,
+    summarize_entropy,
+)
+from megatron_fork.analysis.overlap import change_by_bucket, top_overlap, top_positions
+
+# Ten tokens: four near-deterministic (< 0.01), the rest spread out.
+ENTROPY = torch.tensor([0.0, 0.001, 0.005, 0.009, 0.2, 0.4, 0.6, 0.8, 1.5, 2.5])
+
+
+def test_quantiles_take_an_observed_value():
+    # 80th percentile of 10 values: the 8th smallest (ceil(0.8 * 10) = 8) -> 0.8.
+    assert quantile_higher(ENTROPY, 0.8) == pytest.approx(0.8)
+    assert quantile_higher(ENTROPY, 0.5) == pytest.approx(0.2)  # 5th smallest
+    assert quantile_higher(ENTROPY, 0.0) == 0.0 and quantile_higher(ENTROPY, 1.0) == 2.5
+    assert quantile_higher(ENTROPY, 0.81) == pytest.approx(1.5)  # ceil(8.1) = 9th
+    with pytest.raises(ValueError, match="empty"):
+        quantile_higher(torch.tensor([]), 0.5)
+
+
+def test_summary_by_hand():
+    summary = summarize_entropy(ENTROPY, rho=0.8, percentiles=(50, 80))
+    assert summary.tokens == 10 and summary.share_below_001 == pytest.approx(0.4)
+    assert summary.mean == pytest.approx(6.015 / 10)
+    assert summary.percentiles == pytest.approx({"p50": 0.2, "p80": 0.8})
+    assert summary.rho_threshold == pytest.approx(0.8)
+    # The tokens at or above the threshold are the top 20% + the threshold token: 3 of 10
+    # (0.8, 1.5, 2.5): the trainer's selection takes exactly ceil(0.2 * 10) = 2 of them.
+    assert int(top_positions(ENTROPY, 0.8).sum()) == 3
+
+
+def test_entropy_by_position_buckets():
+    positions = torch.arange(10)
+    rows = entropy_by_position(ENTROPY, positions, bucket=4)
+    assert [r[0] for r in rows] == [0, 4, 8] and [r[2] for r in rows] == [4, 4, 2]
+    assert rows[0][1] == pytest.approx(0.015 / 4) and rows[2][1] == pytest.approx(2.0)
+
+
+def test_overlap_and_change_by_hand():
+    after = ENTROPY.clone()
+    after[7], after[3] = 0.0, 3.0  # token 7 leaves the top, token 3 enters it
+    # top(before) = {7, 8, 9} (>= 0.8); top(after): threshold = 8th smallest of after = 1.5
+    # -> {3, 8, 9}; shared {8, 9}: 2 / 3.
+    assert top_overlap(ENTROPY, after, rho=0.8) == pytest.approx(2 / 3)
+    assert top_overlap(ENTROPY, ENTROPY, rho=0.8) == 1.0
+    rows = dict((bucket, (delta, n)) for bucket, delta, n in change_by_bucket(ENTROPY, after))
+    assert rows["[0, 0.01)"] == pytest.approx(((3.0 - 0.009) / 4, 4))
+    assert rows["[0.5, 1)"] == pytest.approx(((0.0 - 0.8) / 2, 2))
+    with pytest.raises(ValueError, match="same responses"):
+        top_overlap(ENTROPY, ENTROPY[:5])
