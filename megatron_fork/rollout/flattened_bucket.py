@@ -13,17 +13,20 @@ def flatten_bucket(named: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
     return torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8) for _, t in named])
 
 
+def nbytes_of(shape, dtype: torch.dtype) -> int:
+    return torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+
+
 def unflatten_bucket(buffer: torch.Tensor, names, dtypes, shapes) -> list[tuple[str, torch.Tensor]]:
-    """The tensors of ``flatten_bucket`` (views of ``buffer``); the sizes must add up."""
+    """The tensors of ``flatten_bucket`` (copies: a tensor may start at an offset its dtype
+    cannot be viewed at); the sizes must add up."""
     out, offset = [], 0
     for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
-        count = 1
-        for size in shape:
-            count *= size
-        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        nbytes = nbytes_of(shape, dtype)
         if offset + nbytes > buffer.numel():
             raise ValueError(f"flattened bucket too short at {name!r}: names do not match it")
-        out.append((name, buffer[offset : offset + nbytes].view(dtype).view(tuple(shape))))
+        piece = buffer[offset : offset + nbytes].clone()  # aligned storage of its own
+        out.append((name, piece.view(dtype).view(tuple(shape))))
         offset += nbytes
     if offset != buffer.numel():
         raise ValueError(f"flattened bucket has {buffer.numel() - offset} bytes no name claims")

@@ -23,21 +23,30 @@ class ServerError(RuntimeError):
         self.url, self.status = url, status
 
 
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""No proxies: rollout servers are reached directly (an ``http_proxy`` set for downloads
+must not capture loopback or cluster-internal traffic)."""
+
+
 class ServerClient:
     def __init__(self, url: str, timeout_s: float = 600.0, api_key: str | None = None):
         self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
+        self.timeout_s, self.api_key = timeout_s, api_key
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
     def call(self, path: str, body: dict | None = None, timeout_s: float | None = None):
-        """GET without a body, POST with one; the decoded JSON answer."""
+        """GET without a body, POST with one; the decoded JSON answer (the text when the
+        server answers in plain text, as sglang's /flush_cache does)."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, headers=self._headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as answer:
-                return json.loads(answer.read() or b"null")
+            with _OPENER.open(request, timeout=timeout_s or self.timeout_s) as answer:
+                raw = answer.read()
+                if "json" not in (answer.headers.get("Content-Type") or ""):
+                    return raw.decode(errors="replace")
+                return json.loads(raw or b"null")
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")[:500]
             raise ServerError(self.url, f"{path} -> {error.code}: {detail}", error.code) from error
@@ -50,6 +59,14 @@ class ServerClient:
     def healthy(self, timeout_s: float = 20.0) -> bool:
         try:
             self.call("/health_generate", timeout_s=timeout_s)
+            return True
+        except ServerError:
+            return False
+
+    def answers(self, timeout_s: float = 5.0) -> bool:
+        """Whether the server answers ``/health`` at all (it may be busy, not dead)."""
+        try:
+            self.call("/health", timeout_s=timeout_s)
             return True
         except ServerError:
             return False

@@ -39,6 +39,15 @@ def cpu_server_command(model_path: str, **options) -> list[str]:
     return command
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the launching process dies, so a killed
+    trainer leaves no orphaned servers."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class ServerPool:
     def __init__(
         self,
@@ -50,10 +59,14 @@ class ServerPool:
         urls = list(urls) if urls is not None else [None] * len(commands)
         self.servers = [ServerProcess(list(c), u) for c, u in zip(commands, urls, strict=True)]
         self.startup_timeout_s = startup_timeout_s
-        for index in range(len(self.servers)):
-            self._launch(index)
-        for index in range(len(self.servers)):
-            self._wait_ready(index)
+        try:
+            for index in range(len(self.servers)):
+                self._launch(index)
+            for index in range(len(self.servers)):
+                self._wait_ready(index)
+        except BaseException:
+            self.close()  # none left running when one fails to start
+            raise
 
     @property
     def urls(self) -> list[str]:
@@ -85,7 +98,12 @@ class ServerPool:
         server = self.servers[index]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         server.process = subprocess.Popen(
-            server.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            server.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         server.url, server.log = server.preset_url, []
         threading.Thread(target=self._read_output, args=(server,), daemon=True).start()

@@ -79,6 +79,9 @@ def _sampling_params(body: dict) -> SamplingParams:
         raise ProtocolError(f"unknown sampling_params keys {sorted(unknown)}")
     if body.get("n", 1) != 1:
         raise ProtocolError("n > 1 is not served: send one request per sample")
+    seed = body.get("sampling_seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ProtocolError(f"sampling_seed must be an integer, got {seed!r}")
     try:
         return SamplingParams(
             temperature=float(body.get("temperature", 1.0)),
@@ -86,7 +89,7 @@ def _sampling_params(body: dict) -> SamplingParams:
             top_k=int(body.get("top_k", -1)),
             max_new_tokens=int(body.get("max_new_tokens", 128)),
             stop_token_ids=tuple(int(t) for t in body.get("stop_token_ids") or ()),
-            seed=body.get("sampling_seed"),
+            seed=seed,
         )
     except (TypeError, ValueError) as error:
         raise ProtocolError(f"sampling_params: {error}") from error

@@ -2,7 +2,12 @@
 trainer's own: the trainer is rank 0 and hosts the rendezvous store, engine TP rank r of an
 engine joins at ``rank_offset + r`` (sglang's ``/init_weights_update_group``). Gloo on CPU,
 NCCL on GPUs. A bucket travels as one broadcast from rank 0 per tensor, in the order of its
-names (sglang's default ``load_format``)."""
+names (sglang's default ``load_format``), or as one uint8 buffer (``flattened_bucket``).
+
+Both sides build the group the way sglang's ``init_custom_process_group`` does (a TCP store,
+``PrefixStore(group_name)``, then torch's process-group helper with ``group_name``), so the
+store keys of the trainer and of a real sglang engine meet; the CPU server uses the same code.
+"""
 
 from dataclasses import dataclass
 from datetime import timedelta
@@ -10,8 +15,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore
+from torch.distributed.distributed_c10d import _new_process_group_helper, _world
 
-from megatron_fork.rollout.flattened_bucket import unflatten_bucket
+from megatron_fork.rollout.flattened_bucket import nbytes_of, unflatten_bucket
 
 DTYPES = {
     "float32": torch.float32,
@@ -21,6 +27,7 @@ DTYPES = {
 }
 _BYTE_WIRE = (torch.float8_e4m3fn,)
 """Sent as their bytes (collectives need not know FP8)."""
+DEFAULT_TIMEOUT = timedelta(minutes=5)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -34,35 +41,45 @@ class WeightGroup:
     store: TCPStore
     group: dist.ProcessGroup
     rank: int
+    name: str
+
+    def destroy(self) -> None:
+        """Leave the group (its name can be formed again, as sglang re-forms it)."""
+        try:
+            dist.destroy_process_group(self.group)
+        except (RuntimeError, ValueError, KeyError):
+            pass  # already gone, or broken by a dead member: nothing left to release
 
     def broadcast(self, tensors: list[torch.Tensor]) -> None:
         """Rank 0 sends ``tensors``, every other rank receives into its own, in order."""
-        options = dist.BroadcastOptions()
-        options.rootRank = 0
         for tensor in tensors:
             wire = tensor.view(torch.uint8) if tensor.dtype in _BYTE_WIRE else tensor
-            self.group.broadcast([wire], options).wait()
+            dist.broadcast(wire, src=0, group=self.group)
+
+
+def master_store(address: str, world_size: int, timeout=DEFAULT_TIMEOUT) -> TCPStore:
+    """Rank 0's store on a free port (``.port``), open before anyone joins."""
+    return TCPStore(address, 0, world_size, True, timeout=timeout, wait_for_workers=False)
 
 
 def join_weight_group(
-    master_address: str,
-    master_port: int,
+    store: TCPStore,
     rank: int,
     world_size: int,
     group_name: str,
     backend: str = "gloo",
-    timeout: timedelta = timedelta(minutes=5),
+    timeout: timedelta = DEFAULT_TIMEOUT,
 ) -> WeightGroup:
-    """Blocks until all ``world_size`` members have joined (rank 0 first opens the store)."""
-    store = TCPStore(master_address, master_port, world_size, rank == 0, timeout=timeout)
-    prefixed = PrefixStore(group_name, store)
-    if backend == "gloo":
-        group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
-    elif backend == "nccl":
-        group = dist.ProcessGroupNCCL(prefixed, rank, world_size)
-    else:
+    """Blocks until all ``world_size`` members have joined. Engines pass a client store:
+    ``TCPStore(master_address, master_port, world_size, False, timeout=...)``."""
+    if backend not in ("gloo", "nccl"):
         raise ValueError(f"weight-update backend {backend!r}: use 'gloo' (CPU) or 'nccl'")
-    return WeightGroup(store, group, rank)
+    group, _ = _new_process_group_helper(
+        world_size, rank, [], backend, PrefixStore(group_name, store),
+        group_name=group_name, timeout=timeout,
+    )  # fmt: skip
+    _world.pg_group_ranks[group] = {i: i for i in range(world_size)}
+    return WeightGroup(store, group, rank, group_name)
 
 
 def receive_tensors(
@@ -73,16 +90,15 @@ def receive_tensors(
     unknown = sorted({d for d in dtypes if d not in DTYPES})
     if unknown:
         raise ValueError(f"unsupported dtypes {unknown}: expected one of {sorted(DTYPES)}")
+    torch_dtypes = [DTYPES[d] for d in dtypes]
     if flattened:
-        torch_dtypes = [DTYPES[d] for d in dtypes]
-        sizes = [torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
-                 for s, d in zip(shapes, torch_dtypes, strict=True)]  # fmt: skip
-        buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=device)
+        total = sum(nbytes_of(s, d) for s, d in zip(shapes, torch_dtypes, strict=True))
+        buffer = torch.empty(total, dtype=torch.uint8, device=device)
         group.broadcast([buffer])
         return unflatten_bucket(buffer, names, torch_dtypes, shapes)
     tensors = [
-        torch.empty(tuple(shape), dtype=DTYPES[dtype], device=device)
-        for dtype, shape in zip(dtypes, shapes, strict=True)
+        torch.empty(tuple(shape), dtype=dtype, device=device)
+        for dtype, shape in zip(torch_dtypes, shapes, strict=True)
     ]
     group.broadcast(tensors)
     return list(zip(names, tensors, strict=True))

@@ -16,6 +16,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from megatron_fork.models.hf_mapping import Qwen3Layout, iter_hf_weights, size_bounded_buckets
+from megatron_fork.parallel.rank0 import from_rank0
 
 DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
 _END = None  # sent after a stage's last bucket
@@ -56,8 +57,8 @@ def for_each_bucket_on_rank0(
         for bucket in _stage_buckets(model, layout, bucket_bytes):
             if rank == 0:
                 consume(bucket)
-            elif rank in leaders:
-                dist.send_object_list([bucket], dst=0)
+            elif rank in leaders:  # on the CPU: rank 0 must not restore onto this rank's GPU
+                dist.send_object_list([[(n, t.cpu()) for n, t in bucket]], dst=0)
         if rank in leaders[1:]:
             dist.send_object_list([_END], dst=0)
     if rank == 0:
@@ -78,7 +79,21 @@ def sync_weights(
     model, layout: Qwen3Layout, engine, version: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES
 ) -> None:
     """Collective over every rank; ``engine`` is the rollout engine on rank 0, None elsewhere.
-    Every bucket goes in, then the version (an empty update that carries it)."""
-    for_each_bucket_on_rank0(model, layout, engine.update_weights if engine else None, bucket_bytes)
-    if engine is not None:
+    Every bucket goes in, then the version (an empty update that carries it). An engine error
+    on rank 0 lets the other ranks finish streaming, then is raised on every rank."""
+    failures = []
+
+    def consume(bucket):
+        if not failures:
+            try:
+                engine.update_weights(bucket)
+            except Exception as error:  # raised below on every rank
+                failures.append(error)
+
+    def finish():
+        if failures:
+            raise failures[0]
         engine.update_weights([], version=version)
+
+    for_each_bucket_on_rank0(model, layout, consume if engine else None, bucket_bytes)
+    from_rank0(finish)

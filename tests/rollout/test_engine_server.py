@@ -53,7 +53,7 @@ def test_generation_matches_the_engine_and_reports_its_version(served):
     server, client = served
     requests = _long_requests(n=3, tokens=5)
     assert client.generate(requests) == server.engine.generate(requests)
-    client.call("/update_weight_version", {"new_version": 4})
+    client.call("/update_weight_version", {"new_version": "4"})
     assert client.weight_version() == 4
     assert {s.weight_version for s in client.generate(requests)} == {4}
 
@@ -84,6 +84,10 @@ def test_bad_requests_get_sglangs_answers(served):
         client.call("/nowhere")
     with pytest.raises(ServerError, match=r"400.*unknown sampling_params keys"):
         client.call("/generate", {"input_ids": [[1]], "sampling_params": [{"bogus": 1}]})
+    with pytest.raises(ServerError, match=r"400.*new_version must be a string"):
+        client.call("/update_weight_version", {"new_version": 4})  # sglang's field is a str
+    with pytest.raises(ServerError, match=r"400.*must be a JSON object"):
+        client.call("/generate", [1, 2])
     with pytest.raises(ServerError, match=r"400.*pause mode 'sideways'"):
         client.call("/pause_generation", {"mode": "sideways"})
     with pytest.raises(ServerError, match=r"400.*no weight-update group"):

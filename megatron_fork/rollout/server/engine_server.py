@@ -9,6 +9,9 @@ half-applied bucket; the version changes only with a bucket that names one.
 """
 
 import threading
+from contextlib import contextmanager
+
+from torch.distributed import TCPStore
 
 from megatron_fork.models.hf_weights import HFWeights
 from megatron_fork.rollout.fp8 import dequantize_named_tensors
@@ -21,6 +24,7 @@ from megatron_fork.rollout.sglang_protocol import (
     response_for,
 )
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
+from megatron_fork.rollout.weight_group import DEFAULT_TIMEOUT as GROUP_TIMEOUT
 from megatron_fork.rollout.weight_group import join_weight_group, receive_tensors
 
 PAUSE_MODES = ("abort", "retract", "in_place")
@@ -45,15 +49,28 @@ class EngineServer:
 
     def generate(self, body: dict) -> list[dict]:
         requests = requests_from_payload(body)
-        self._open.wait()
-        with self._engine_lock:
+        with self._engine_when_open():
             samples = self.engine.generate(requests, abort=lambda: self._abort)
         return response_for(samples)
 
+    @contextmanager
+    def _engine_when_open(self):
+        """The engine, once generation is not paused (checked again under the lock, so a call
+        that was waiting when a pause came in does not run while paused)."""
+        while True:
+            self._open.wait()
+            self._engine_lock.acquire()
+            if self._open.is_set():
+                break
+            self._engine_lock.release()
+        try:
+            yield self.engine
+        finally:
+            self._engine_lock.release()
+
     def health_generate(self) -> dict:
         probe = GenerationRequest((0,), SamplingParams(max_new_tokens=1, seed=0), "health")
-        self._open.wait()
-        with self._engine_lock:
+        with self._engine_when_open():
             self.engine.generate([probe])
         return {}
 
@@ -81,18 +98,21 @@ class EngineServer:
         init = parse_body(InitWeightsUpdateGroup, body)
         if init.backend != "gloo":
             raise ProtocolError(f"backend {init.backend!r}: the CPU server joins with gloo")
+        old = self._groups.pop(init.group_name, None)
+        if old is not None:  # a trainer re-forming the group after a failure
+            old.destroy()
+        store = TCPStore(
+            init.master_address, init.master_port, init.world_size, False, timeout=GROUP_TIMEOUT
+        )
         self._groups[init.group_name] = join_weight_group(
-            init.master_address,
-            init.master_port,
-            init.rank_offset,
-            init.world_size,
-            init.group_name,
-            init.backend,
+            store, init.rank_offset, init.world_size, init.group_name, init.backend, GROUP_TIMEOUT
         )
         return {"success": True, "message": "joined"}
 
     def destroy_weights_update_group(self, body: dict) -> dict:
-        self._groups.pop(body.get("group_name", "weight_update_group"), None)
+        group = self._groups.pop(body.get("group_name", "weight_update_group"), None)
+        if group is not None:
+            group.destroy()
         return {"success": True, "message": "destroyed"}
 
     def update_weights_from_distributed(self, body: dict) -> dict:
@@ -132,6 +152,9 @@ class EngineServer:
         }
 
     def update_weight_version(self, body: dict) -> dict:
+        version = body.get("new_version")
+        if not isinstance(version, str):
+            raise ProtocolError(f"new_version must be a string (as sglang's), got {version!r}")
         with self._engine_lock:
-            self.engine.update_weights((), version=int(body["new_version"]))
+            self.engine.update_weights((), version=int(version))
         return {"success": True, "message": str(self.engine.version)}

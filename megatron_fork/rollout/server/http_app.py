@@ -42,13 +42,16 @@ def _handler_class(routes: dict):
 
         def _dispatch(self, method: str) -> None:
             path = self.path.split("?", 1)[0]
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""  # read even when refused
             methods, handler = routes.get(path, (set(), None))
             if handler is None or method not in methods:
                 self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route {method} {path}"})
                 return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                body = json.loads(raw) if raw else {}
+                if not isinstance(body, dict):
+                    raise ProtocolError(f"the body must be a JSON object: {type(body).__name__}")
                 self._reply(HTTPStatus.OK, handler(body))
             except (ProtocolError, Busy, json.JSONDecodeError) as error:
                 self._reply(HTTPStatus.BAD_REQUEST, {"error": str(error)})

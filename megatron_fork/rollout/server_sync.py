@@ -1,0 +1,70 @@
+"""The trainer's side of a weight update on several servers at once: every server gets its HTTP
+call without waiting (each blocks in the collective), the trainer takes part in the collective
+here, and the first failure on any side is raised at once, not after the others time out."""
+
+import threading
+import uuid
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+
+from megatron_fork.rollout.http_client import ServerClient
+from megatron_fork.rollout.sglang_protocol import DEFAULT_GROUP_NAME, InitWeightsUpdateGroup
+from megatron_fork.rollout.weight_group import WeightGroup, join_weight_group, master_store
+
+
+def _in_daemon_thread(function) -> Future:
+    """``function()`` in a daemon thread (one stuck in a collective never blocks exit)."""
+    future = Future()
+
+    def run():
+        try:
+            future.set_result(function())
+        except BaseException as error:  # handed to the waiting caller
+            future.set_exception(error)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def on_every_server(clients: list[ServerClient], request, during) -> object:
+    """``request(index, client)`` for every server and ``during()`` (the trainer's side of the
+    collective), concurrently; ``during``'s result once all succeed, else the first error."""
+    pool = ThreadPoolExecutor(max(1, len(clients)))
+    try:
+        futures = [pool.submit(request, i, client) for i, client in enumerate(clients)]
+        own = _in_daemon_thread(during)
+        done, _ = wait([*futures, own], return_when=FIRST_EXCEPTION)
+        for future in done:
+            if future.exception() is not None:
+                raise future.exception()
+        return own.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def rank_offsets(tp_sizes: list[int]) -> list[int]:
+    """Engine i's first rank in the group: the trainer is rank 0, then each engine's TP ranks."""
+    offsets, next_rank = [], 1
+    for size in tp_sizes:
+        offsets.append(next_rank)
+        next_rank += size
+    return offsets
+
+
+def form_weight_group(
+    clients: list[ServerClient], tp_sizes: list[int], address: str, backend: str
+) -> WeightGroup:
+    """A fresh group of the trainer (rank 0, hosting the store on a free port) and every
+    server's TP ranks, under a name of its own (torch refuses a group name twice in a
+    process, and a failed group cannot always be torn down)."""
+    world = 1 + sum(tp_sizes)
+    store = master_store(address, world)
+    name = f"{DEFAULT_GROUP_NAME}_{uuid.uuid4().hex[:12]}"
+    inits = [
+        InitWeightsUpdateGroup(address, store.port, offset, world, group_name=name, backend=backend)
+        for offset in rank_offsets(tp_sizes)
+    ]
+    return on_every_server(
+        clients,
+        lambda i, client: client.init_weights_update_group(inits[i]),
+        during=lambda: join_weight_group(store, 0, world, name, backend),
+    )
