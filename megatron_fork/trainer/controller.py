@@ -2,6 +2,8 @@
 the metrics log. The other ranks only train; they receive each step's samples from here.
 """
 
+import os
+
 import torch
 from transformers import Qwen3ForCausalLM
 
@@ -124,5 +126,13 @@ def rollout_engine(config: RLConfig, hf_config, pad_id: int):
         command = cpu_server_command(str(hf_metadata_dir(config.base_model)), **options)
         pool = ServerPool([command] * rollout.servers)
         urls = pool.urls
-    fp8_block = FP8_BLOCK if rollout.fp8 else None
-    return ServerRolloutEngine(urls, pool, rollout.request_timeout_s, fp8_block=fp8_block)
+    return ServerRolloutEngine(
+        urls,
+        pool,
+        rollout.request_timeout_s,
+        master_address=rollout.master_address,
+        backend=rollout.weight_backend,
+        fp8_block=FP8_BLOCK if rollout.fp8 else None,
+        tp_sizes=[rollout.server_tp_size if rollout.server_urls else 1] * len(urls),
+        api_key=os.environ.get("SGLANG_API_KEY"),
+    )

@@ -48,10 +48,21 @@ class RolloutConfig:
     """Weight sync bucket size: bounds the extra memory a sync needs on the sending ranks."""
     fp8: bool = False
     """Servers serve FP8: linear weights are sent as blockwise (128 x 128) e4m3 + scales."""
+    weight_backend: str = "gloo"
+    """The trainer -> engines collective: "gloo" (CPU servers), "nccl" (sglang on GPUs)."""
+    master_address: str = "127.0.0.1"
+    """Where rank 0 hosts the weight-update store (its address on the cluster network when the
+    engines run on other nodes)."""
+    server_tp_size: int = 1
+    """GPUs per engine at ``server_urls`` (each TP rank joins the weight-update group)."""
 
     def __post_init__(self):
         _require(self.engine in ("torch", "server"), "rollout.engine must be 'torch' or 'server'")
         _require(self.servers >= 1, "rollout.servers must be >= 1")
+        _require(self.server_tp_size >= 1, "rollout.server_tp_size must be >= 1")
+        _require(
+            self.weight_backend in ("gloo", "nccl"), "rollout.weight_backend: 'gloo' or 'nccl'"
+        )
         _require(not self.fp8 or self.engine == "server", "rollout.fp8 needs rollout.engine=server")
         _require(self.weight_bucket_bytes >= 1, "rollout.weight_bucket_bytes must be >= 1")
         _require(self.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1")

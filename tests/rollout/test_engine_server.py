@@ -13,6 +13,7 @@ from megatron_fork.rollout.server.engine_server import EngineServer
 from megatron_fork.rollout.server.http_app import make_http_server
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
+from tests.support.threads import Background
 from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 
@@ -35,13 +36,6 @@ def _long_requests(n=8, tokens=400):
     ]
 
 
-def _in_thread(function):
-    box = {}
-    thread = threading.Thread(target=lambda: box.update(result=function()), daemon=True)
-    thread.start()
-    return thread, box
-
-
 def _wait_until(condition, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -60,22 +54,20 @@ def test_generation_matches_the_engine_and_reports_its_version(served):
 
 def test_pause_aborts_running_generation_and_holds_new_calls(served):
     server, client = served
-    thread, box = _in_thread(lambda: client.generate(_long_requests()))
+    running = Background(lambda: client.generate(_long_requests()))
     _wait_until(server._engine_lock.locked)
     with pytest.raises(ServerError) as busy:
         client.flush_cache()  # not idle: refused, as sglang does
     assert busy.value.status == 400
     client.pause("abort")  # returns once the running generation has ended
-    thread.join(timeout=30)
-    assert {s.finish_reason.kind for s in box["result"]} == {"abort"}
+    assert {s.finish_reason.kind for s in running.result()} == {"abort"}
     client.flush_cache()  # idle now
 
-    held, held_box = _in_thread(lambda: client.generate(_long_requests(n=1, tokens=2)))
+    held = Background(lambda: client.generate(_long_requests(n=1, tokens=2)))
     time.sleep(0.3)
     assert held.is_alive(), "a generate call ran while generation was paused"
     client.resume()
-    held.join(timeout=30)
-    assert held_box["result"][0].finish_reason.kind == "length"
+    assert held.result()[0].finish_reason.kind == "length"
 
 
 def test_bad_requests_get_sglangs_answers(served):

@@ -13,7 +13,6 @@
 
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -22,6 +21,7 @@ from megatron_fork.rollout.server_engine import ServerRolloutEngine
 from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
+from tests.support.threads import Background
 from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 
@@ -51,38 +51,16 @@ def servers(tmp_path):
         yield pool
 
 
-def _run_in_thread(function):
-    box = {}
-
-    def run():
-        try:
-            box["result"] = function()
-        except BaseException as error:  # re-raised by the test
-            box["error"] = error
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, box
-
-
-def _result(thread, box):
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "the call did not return"
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
 def test_killed_server_mid_rollout_the_step_completes_and_it_comes_back(servers):
     engine = ServerRolloutEngine(servers.urls, servers, request_timeout_s=60)
     requests = _requests()
     expected = TorchRolloutEngine(tiny_qwen3_model(seed=0)).generate(requests)
     victim = servers.servers[0].process
     os.kill(victim.pid, signal.SIGSTOP)  # the request reaches its socket, unanswered
-    thread, box = _run_in_thread(lambda: engine.generate(requests))
+    call = Background(lambda: engine.generate(requests))
     time.sleep(0.5)
     victim.kill()  # mid-rollout: its connection is reset
-    _assert_same_samples(_result(thread, box), expected)  # every sample, as if nothing happened
+    _assert_same_samples(call.result(), expected)  # every sample, as if nothing happened
     assert engine.counters["requests_retried"] >= len(requests) // 2
 
     trained = tiny_qwen3_model(seed=7)  # the next step's weights
