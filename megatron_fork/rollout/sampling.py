@@ -20,6 +20,18 @@ def _truncate(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return truncated
 
 
+def position_temperature(logits: torch.Tensor, params: SamplingParams) -> float:
+    """The temperature this position samples at: ``high_entropy_temperature`` where the
+    entropy of softmax(logits) reaches ``entropy_threshold`` (two-temperature decoding), else
+    ``temperature``."""
+    if params.high_entropy_temperature is None:
+        return params.temperature
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    entropy = float(-(log_probs.exp() * log_probs).sum())
+    high = entropy >= params.entropy_threshold
+    return params.high_entropy_temperature if high else params.temperature
+
+
 def next_token(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
 ) -> tuple[int, float]:
@@ -29,10 +41,11 @@ def next_token(
     i.e. what the trainer computes; greedy decoding reports T = 1 log-probs.
     """
     logits = logits.float()
-    if params.temperature < GREEDY_TEMPERATURE:
+    temperature = position_temperature(logits, params)
+    if temperature < GREEDY_TEMPERATURE:
         token = int(logits.argmax())
         return token, float(torch.log_softmax(logits, -1)[token])
-    log_probs = torch.log_softmax(logits / params.temperature, dim=-1)
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
     probs = _truncate(log_probs.exp(), params.top_k, params.top_p)
     token = int(torch.multinomial(probs, 1, generator=generator))
     return token, float(log_probs[token])

@@ -43,6 +43,11 @@ def generate_payload(requests: list[GenerationRequest]) -> dict:
 
 
 def _sampling_dict(params: SamplingParams) -> dict:
+    if params.high_entropy_temperature is not None:
+        raise ProtocolError(
+            "two-temperature decoding is not an sglang sampling parameter: use the in-process "
+            "engine (rollout.engine=torch) for it"
+        )
     body = {
         "temperature": params.temperature,
         "top_p": params.top_p,

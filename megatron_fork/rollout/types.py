@@ -26,6 +26,12 @@ class SamplingParams:
     seed: int | None = None
     """Per-request seed: the same request and seed give the same sample. None = a fresh draw
     on every call (the trainer sets seeds from step, prompt and sample index for replays)."""
+    high_entropy_temperature: float | None = None
+    """Two-temperature decoding (the paper's experiment): at a position whose entropy (of the
+    untempered distribution) is >= ``entropy_threshold``, sample at this temperature, else at
+    ``temperature``. None = one temperature. The in-process engine serves it; sglang does not."""
+    entropy_threshold: float = 0.672
+    """The paper's 80th-percentile token entropy of Qwen3-8B."""
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -36,6 +42,10 @@ class SamplingParams:
             raise ValueError(f"top_k must be -1 (all) or >= 1, got {self.top_k}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.high_entropy_temperature is not None and not self.high_entropy_temperature > 0:
+            raise ValueError(
+                f"high_entropy_temperature must be > 0, got {self.high_entropy_temperature}"
+            )
 
 
 @dataclass(frozen=True)
