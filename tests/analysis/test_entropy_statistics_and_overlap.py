@@ -54,3 +54,16 @@ def test_overlap_and_change_by_hand():
     assert rows["[0.5, 1)"] == pytest.approx(((0.0 - 0.8) / 2, 2))
     with pytest.raises(ValueError, match="same responses"):
         top_overlap(ENTROPY, ENTROPY[:5])
+
+
+def test_frequent_pieces_by_hand():
+    from megatron_fork.analysis.forking_tokens import frequent_pieces
+
+    pieces = ["the", "so", "wait", "the", "so", "x", "wait", "the", "so", "wait"]
+    # Top 20% by entropy (>= 0.8, the 8th smallest): tokens 7, 8, 9 -> "the", "so", "wait".
+    table = frequent_pieces(pieces, ENTROPY, rho=0.8, top=2)
+    assert table["high"] == [("so", 1, 1 / 3), ("the", 1, 1 / 3)]  # ties: alphabetical
+    # Below: the, so, wait twice each and x once among 7 tokens; the first two ties by name.
+    assert table["low"] == [("so", 2, 2 / 7), ("the", 2, 2 / 7)]
+    with pytest.raises(ValueError, match="3 pieces for 10"):
+        frequent_pieces(pieces[:3], ENTROPY)
