@@ -1,5 +1,7 @@
 """Quantiles, summaries, position buckets and top-position overlap on hand-worked examples."""
 
+import json
+
 import pytest
 import torch
 
@@ -67,3 +69,25 @@ def test_frequent_pieces_by_hand():
     assert table["low"] == [("so", 2, 2 / 7), ("the", 2, 2 / 7)]
     with pytest.raises(ValueError, match="3 pieces for 10"):
         frequent_pieces(pieces[:3], ENTROPY)
+
+
+def test_report_folder_from_a_token_table(tmp_path):
+    from types import SimpleNamespace
+
+    from megatron_fork.analysis.entropy_report import write_entropy_report
+    from megatron_fork.analysis.token_table import TokenTableWriter
+
+    pieces = ["the", "so", "wait", "the", "so", "x", "wait", "the", "so", "wait"]
+    sample = SimpleNamespace(request_id="p0#0", output_ids=tuple(range(10)))
+    with TokenTableWriter(tmp_path / "t.parquet", {"model": "m", "temperature": 1.0}) as table:
+        table.write([sample], [(torch.zeros(10), ENTROPY)], lambda token: pieces[token])
+    out = write_entropy_report(tmp_path / "t.parquet", tmp_path / "report")
+    numbers = json.loads((out / "stats.json").read_text())
+    assert numbers["summary"]["tokens"] == 10
+    assert numbers["summary"]["share_below_001"] == pytest.approx(0.4)
+    assert numbers["summary"]["rho_threshold"] == pytest.approx(0.8)
+    assert sum(numbers["histogram"]["counts"]) == 10
+    assert numbers["forking_pieces"]["high"][0][:2] == ["so", 1]
+    report = (out / "report.md").read_text()
+    assert "| share of tokens below 0.01 nats | 40.00% | 50.64% |" in report
+    assert (out / "entropy.png").stat().st_size > 10_000
