@@ -44,9 +44,7 @@ def convert_hf_to_mcore(
     ``on_start(n)`` gets this rank's parameter count, ``on_param`` is called after each."""
     check_output(out, force, hf_dir)
     hf_config, weights = open_hf_source(hf_dir, parallel)
-    model = megatron_model(
-        hf_config, parallel, params_dtype=weights.dtype(EMBEDDING), initialize=False
-    )
+    model = megatron_model(hf_config, parallel, initialize=False, dtype=weights.dtype(EMBEDDING))
     if on_start is not None:
         on_start(sum(1 for _ in model.parameters()))
     load_hf_weights_(

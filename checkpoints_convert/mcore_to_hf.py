@@ -157,7 +157,7 @@ def convert_mcore_to_hf(
     hf_config = read_hf_config(source)
     check_parallel_layout(hf_config, parallel.tensor_parallel, parallel.pipeline_parallel)
     dtype = stored_dtype(metadata, EMBEDDING_KEY)
-    model = megatron_model(hf_config, parallel, params_dtype=dtype, initialize=False)
+    model = megatron_model(hf_config, parallel, initialize=False, dtype=dtype)
     try:
         load_model_weights(mcore_dir, model)
     except (FileNotFoundError, ValueError):

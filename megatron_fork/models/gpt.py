@@ -66,10 +66,13 @@ def build_gpt_model(
     post_process: bool = True,
     calculate_per_token_loss: bool = False,
     initialize: bool = True,
+    transformer_options: dict | None = None,
 ) -> GPTModel:
     """Build this rank's part of the model. Parallel state must already be initialised.
     ``initialize=False`` leaves the weights uninitialised, for a caller that loads all of them
-    (it saves the time and the transient memory of random initialisation)."""
+    (it saves the time and the transient memory of random initialisation).
+    ``transformer_options``: further ``TransformerConfig`` fields (sequence parallel,
+    recomputation, bf16/FP8; ``trainer.megatron_options``)."""
     skip_init = {} if initialize else dict.fromkeys(_INIT_METHODS, _leave_uninitialised)
     if shape.vocab_size % tensor_parallel_size:
         raise ValueError(
@@ -99,6 +102,7 @@ def build_gpt_model(
         calculate_per_token_loss=calculate_per_token_loss,
         **skip_init,
         **(CPU_TRANSFORMER_OVERRIDES if on_cpu else {}),
+        **(transformer_options or {}),
     )
     return GPTModel(
         config=config,

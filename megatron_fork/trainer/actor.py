@@ -15,11 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
-from megatron.core.distributed import (
-    DistributedDataParallel,
-    DistributedDataParallelConfig,
-    finalize_model_grads,
-)
+from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
@@ -33,7 +29,17 @@ from megatron_fork.trainer.checkpoint import (
     is_megatron_checkpoint,
     load_model_weights,
 )
-from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+from megatron_fork.trainer.megatron_options import (
+    ddp_config,
+    needs_gpu,
+    optimizer_precision,
+    params_dtype,
+    transformer_options,
+)
+from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig, PrecisionConfig
+
+CPU_PRECISION = PrecisionConfig()
+"""fp32, no FP8: the default everywhere a caller does not choose (conversion, analysis, tests)."""
 
 
 def init_parallel(parallel: ParallelConfig, seed: int) -> None:
@@ -54,15 +60,17 @@ def init_parallel(parallel: ParallelConfig, seed: int) -> None:
 
         enable_cpu_backend()
     world = dist.get_world_size()
-    model_parallel = parallel.tensor_parallel * parallel.pipeline_parallel
+    model_parallel = parallel.model_parallel_size
     if world % model_parallel:
         raise ValueError(
             f"{world} processes cannot hold TP={parallel.tensor_parallel} x "
-            f"PP={parallel.pipeline_parallel}: launch a multiple of {model_parallel} processes"
+            f"PP={parallel.pipeline_parallel} x CP={parallel.context_parallel}: launch a "
+            f"multiple of {model_parallel} processes"
         )
     ps.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
+        context_parallel_size=parallel.context_parallel,
     )
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
@@ -115,21 +123,34 @@ def device() -> torch.device:
 
 
 def megatron_model(
-    hf_config, parallel: ParallelConfig, params_dtype=torch.float32, initialize: bool = True
+    hf_config,
+    parallel: ParallelConfig,
+    precision: PrecisionConfig = CPU_PRECISION,
+    initialize: bool = True,
+    dtype: torch.dtype | None = None,
 ):
     """This rank's part of the Megatron Qwen3, on the GPU when there is one; randomly
-    initialised, or (``initialize=False``) left for the caller to load every weight."""
+    initialised, or (``initialize=False``) left for the caller to load every weight.
+    ``dtype`` overrides the weights' dtype alone (conversion keeps a checkpoint's own)."""
     on_cpu = not torch.cuda.is_available()
+    gpu_only = needs_gpu(parallel, precision)
+    if on_cpu and gpu_only:
+        raise ValueError(
+            f"{'; '.join(gpu_only)} needs CUDA and Transformer Engine; on this machine use "
+            "the defaults of those settings"
+        )
     model = build_qwen3_model(
         hf_config,
         parallel.tensor_parallel,
         parallel.pipeline_parallel,
         vocab_multiple=parallel.vocab_multiple,
-        params_dtype=params_dtype,
+        context_parallel_size=parallel.context_parallel,
+        params_dtype=dtype or params_dtype(precision),
         on_cpu=on_cpu,
         initialize=initialize,
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
+        transformer_options=transformer_options(parallel, precision),
     )
     return model if on_cpu else model.cuda()
 
@@ -149,11 +170,13 @@ def _load_base_weights(model, source, layout: Qwen3Layout, parallel: ParallelCon
     )
 
 
-def build_reference_model(model_dir: str | Path, parallel: ParallelConfig):
+def build_reference_model(
+    model_dir: str | Path, parallel: ParallelConfig, precision: PrecisionConfig = CPU_PRECISION
+):
     """A frozen copy of the base model (no DDP, no optimizer) for the KL term's reference
     log-probs; built only when ``loss.kl_coef > 0``."""
     hf_config = read_model_config(model_dir)
-    model = megatron_model(hf_config, parallel, initialize=False)
+    model = megatron_model(hf_config, parallel, precision, initialize=False)
     _load_base_weights(model, model_dir, Qwen3Layout.from_hf_config(hf_config), parallel)
     return model.eval().requires_grad_(False)
 
@@ -163,18 +186,19 @@ def build_actor(
     parallel: ParallelConfig,
     optim: OptimizerSettings,
     load_weights: bool = True,
+    precision: PrecisionConfig = CPU_PRECISION,
 ) -> Actor:
     """Megatron Qwen3 for ``model_dir``'s config, with its weights, in Megatron DDP, plus
     Megatron's Adam. ``model_dir`` is a Hugging Face folder or a Megatron checkpoint (e.g. one
     converted by ``checkpoints_convert hf-to-mcore``, at any layout). ``load_weights=False``
     keeps the random initialisation (the warm start, or a run about to load a checkpoint)."""
     hf_config = read_model_config(model_dir)
-    model = megatron_model(hf_config, parallel, initialize=not load_weights)
+    model = megatron_model(hf_config, parallel, precision, initialize=not load_weights)
     layout = Qwen3Layout.from_hf_config(hf_config)
     if load_weights:
         _load_base_weights(model, model_dir, layout, parallel)
     model.config.finalize_model_grads_func = finalize_model_grads
-    ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
+    ddp = DistributedDataParallel(model.config, ddp_config(parallel, precision), model)
     optimizer = get_megatron_optimizer(
         OptimizerConfig(
             optimizer="adam",
@@ -184,6 +208,7 @@ def build_actor(
             adam_beta1=optim.adam_beta1,
             adam_beta2=optim.adam_beta2,
             adam_eps=optim.adam_eps,
+            **optimizer_precision(parallel, precision),
         ),
         [ddp],
     )

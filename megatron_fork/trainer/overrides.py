@@ -5,6 +5,8 @@ that exist."""
 
 import ast
 import dataclasses
+import types
+import typing
 
 
 def _parse(text: str):
@@ -23,13 +25,38 @@ def _set(data: dict, cls, path: list[str], value, full_key: str) -> None:
     if len(path) == 1:
         if section is not None:
             raise KeyError(f"{full_key!r} is a section; set one of its fields ({full_key}.<field>)")
-        if isinstance(data[head], float) and isinstance(value, int):
+        if isinstance(data[head], float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        _check_type(value, typing.get_type_hints(cls)[head], full_key)
         data[head] = value
         return
     if section is None:
         raise KeyError(f"{full_key!r}: {head!r} is a value, not a section")
     _set(data[head], section, path[1:], value, full_key)
+
+
+def _matches(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is tuple:
+        return isinstance(value, tuple | list) and all(_matches(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _check_type(value, hint, full_key: str) -> None:
+    """An override of the wrong type fails here, before any run starts (``tensor_parallel=two``
+    would otherwise surface as a confusing error deep in a launch)."""
+    if not _matches(value, hint):
+        name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        got = type(value).__name__
+        raise TypeError(f"override {full_key}={value!r}: expected {name}, got {got}")
 
 
 def _section_type(field: dataclasses.Field):

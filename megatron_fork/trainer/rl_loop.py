@@ -76,13 +76,17 @@ def _run(config: RLConfig) -> dict | None:
     latest = latest_checkpoint(checkpoints)
     # Resuming: the checkpoint overwrites the weights, so the base model's are not read.
     actor = build_actor(
-        config.base_model, config.parallel, config.optimizer, load_weights=latest is None
+        config.base_model,
+        config.parallel,
+        config.optimizer,
+        load_weights=latest is None,
+        precision=config.precision,
     )
     groups = LossGroups.from_parallel_state()
     loss_config = _checked_loss_config(config, actor, groups)
     reference = None
     if loss_config.kl_coef > 0:  # the KL term's reference: the frozen base model
-        reference = build_reference_model(config.base_model, config.parallel)
+        reference = build_reference_model(config.base_model, config.parallel, config.precision)
     state = {"step": 0, "prompt_cursor": 0}
     if latest is not None:
         state = load_checkpoint(latest, actor.model, actor.optimizer)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -56,3 +57,26 @@ def test_unknown_saved_key_raises():
     data["loss"]["bogus"] = 1
     with pytest.raises(KeyError, match="bogus"):
         config_from_dict(RLConfig, data)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("parallel.tensor_parallel=two", "parallel.tensor_parallel='two': expected int, got str"),
+        ("parallel.sequence_parallel=1", "expected bool, got int"),
+        ("loss.rho=high", "expected float, got str"),
+        ("rollout.server_urls=3", "expected tuple"),
+    ],
+)
+def test_an_override_of_the_wrong_type_is_refused_by_name(override, message):
+    config = RLConfig(base_model="m", output_dir="o")
+    with pytest.raises(TypeError, match=re.escape(message)):
+        apply_overrides(config, [override])
+
+
+def test_overrides_of_the_right_type_pass():
+    config = RLConfig(base_model="m", output_dir="o")
+    changed = apply_overrides(
+        config, ["eval.max_prompts=None", "rollout.temperature=1", "rollout.server_urls=('a',)"]
+    )
+    assert changed.eval.max_prompts is None and changed.rollout.server_urls == ("a",)

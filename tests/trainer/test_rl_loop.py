@@ -94,11 +94,20 @@ def test_sigkill_mid_step_then_resume_reproduces_the_uninterrupted_run(
     assert (checkpoints / "latest").read_text() == f"step_{STEPS:08d}"
 
 
-@pytest.mark.parametrize("layout", ["parallel.tensor_parallel=2", "parallel.pipeline_parallel=2"])
-def test_torchrun_tp2_and_pp2_match_the_single_process_run(base_model, reference, tmp_path, layout):
+LAYOUTS = [
+    "parallel.tensor_parallel=2",
+    "parallel.pipeline_parallel=2",
+    # Megatron's memory savers change where activations and optimizer states live, not the maths.
+    "parallel.tensor_parallel=2 parallel.recompute=selective",
+    "parallel.recompute=full",  # DP=2
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_torchrun_layouts_match_the_single_process_run(base_model, reference, tmp_path, layout):
     from megatron_fork.trainer.overrides import apply_overrides
 
-    config = apply_overrides(rl_config(base_model, tmp_path / "run", 1), [layout])
+    config = apply_overrides(rl_config(base_model, tmp_path / "run", 1), layout.split())
     got = _run(config, tmp_path, "run", nproc=2)
     assert [r["step"] for r in got] == [0, 1]
     assert got[0] == reference[0]  # the engine evaluates the same weights

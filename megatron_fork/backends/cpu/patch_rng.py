@@ -3,6 +3,9 @@
 What: ``megatron.core.tensor_parallel.random.CudaRNGStatesTracker`` is replaced by a subclass
 whose ``add`` and ``fork`` seed, save and swap the CPU generator's state instead of CUDA's, and
 any tracker already built is rebuilt. ``model_parallel_cuda_manual_seed`` then works unchanged.
+``_get_cuda_rng_state`` / ``_set_cuda_rng_state`` (used by activation recomputation's
+``CheckpointFunction`` to replay the forward's randomness) return an empty state / do nothing:
+the CPU generator's state, which that function saves as well, is the only one there is.
 Why: attention and dropout run under ``get_cuda_rng_tracker().fork()``, which raises
 "cuda rng state model-parallel-rng is not added" on CPU. A null ``fork`` would also work, but a
 real tracker keeps Megatron's contract: dropout inside TP regions differs per TP rank and is
@@ -49,8 +52,19 @@ class CpuRNGStatesTracker(mcore_random.CudaRNGStatesTracker):
             torch.set_rng_state(outer_state)
 
 
+def _no_cuda_rng_state(*args, **kwargs) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8)
+
+
+def _ignore_cuda_rng_state(*args, **kwargs) -> None:
+    pass
+
+
 def apply():
     """Install the patch; return a function that undoes it."""
+    original_state_functions = (mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state)
+    mcore_random._get_cuda_rng_state = _no_cuda_rng_state
+    mcore_random._set_cuda_rng_state = _ignore_cuda_rng_state
     original_class = mcore_random.CudaRNGStatesTracker
     original_tracker = mcore_random._CUDA_RNG_STATE_TRACKER
     original_initialized = mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED
@@ -59,6 +73,9 @@ def apply():
     mcore_random.initialize_rng_tracker(force_reset=True)
 
     def undo():
+        mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state = (
+            original_state_functions
+        )
         mcore_random.CudaRNGStatesTracker = original_class
         mcore_random._CUDA_RNG_STATE_TRACKER = original_tracker
         mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = original_initialized
