@@ -21,6 +21,7 @@ from megatron_fork.trainer.rl_config import (
     RolloutConfig,
 )
 from megatron_fork.trainer.warm_start import WarmStartConfig, run_warm_start
+from recipes.recipe import LaunchSpec, Recipe
 
 MAX_NEW_TOKENS = 48
 """The task's solutions are 34 tokens with the end token; 48 leaves room to ramble."""
@@ -62,3 +63,23 @@ def rl(base_model: str | Path, output_dir: str | Path, seed: int = 0) -> RLConfi
         reward=MathRewardConfig(max_response_tokens=MAX_NEW_TOKENS, overlong_buffer=8),
         optimizer=OptimizerSettings(lr=1e-4, weight_decay=0.0),
     )
+
+
+def tiny_cpu() -> Recipe:
+    """The embedded default as a launchable recipe: one CPU process (``--nproc 2`` and
+    ``parallel.tensor_parallel=2`` for two), the in-process torch engine, the base model
+    warm-started on the launching machine when ``runs/tiny_cpu/base_model`` is missing."""
+    return Recipe(
+        name="tiny_cpu",
+        config=rl("runs/tiny_cpu/base_model", "runs/tiny_cpu/run"),
+        launch=LaunchSpec(model=None, train_nodes=1, gpus_per_node=1, context_tokens=64),
+        summary="~0.8M-parameter Qwen3 learns the synthetic fold task on one CPU machine",
+        prepare=_warm_start_base_model,
+    )
+
+
+def _warm_start_base_model(config: RLConfig) -> None:
+    """Warm-start the base model where the config expects it, unless it is there already."""
+    base = Path(config.base_model)
+    if not (base / "config.json").is_file():
+        run_warm_start(warm_start(base, config.seed))

@@ -1,0 +1,77 @@
+"""Everything about a recipe that can be wrong is found here, before a job is submitted: the
+process count against TP x PP x CP, Megatron's divisibility rules against the model's shape
+(heads, kv heads, layers; the sequence against 2 x CP and TP with sequence parallel), sglang's
+against the engines, and the memory plan of the most loaded GPU."""
+
+from megatron_fork.planning import (
+    H100_80GB,
+    QWEN3_SIZES,
+    Cluster,
+    MemoryPlan,
+    RolloutPlacement,
+    TrainingLayout,
+    check_layout,
+    plan_memory,
+)
+from recipes.recipe import Recipe
+
+
+def training_layout(recipe: Recipe) -> TrainingLayout:
+    """The planner's view of the recipe's training side."""
+    parallel = recipe.config.parallel
+    return TrainingLayout(
+        tensor_parallel=parallel.tensor_parallel,
+        pipeline_parallel=parallel.pipeline_parallel,
+        context_parallel=parallel.context_parallel,
+        data_parallel=max(recipe.data_parallel, 1),
+        sequence_parallel=parallel.sequence_parallel,
+        recompute=parallel.recompute,
+        distributed_optimizer=parallel.distributed_optimizer,
+        fp8=recipe.config.precision.fp8 != "none",
+        micro_batch_size=recipe.config.micro_batch_size,
+        sequence_length=recipe.launch.context_tokens,
+    )
+
+
+def rollout_placement(recipe: Recipe) -> RolloutPlacement:
+    engines = recipe.launch.engines
+    return RolloutPlacement(
+        colocated=False,
+        engines=max(recipe.launch.engine_count, 1),
+        engine_tensor_parallel=engines.tensor_parallel,
+        fp8_weights=recipe.config.rollout.fp8,
+        mem_fraction_static=engines.mem_fraction_static,
+    )
+
+
+def check_processes(recipe: Recipe) -> None:
+    parallel, launch = recipe.config.parallel, recipe.launch
+    if launch.world_size % parallel.model_parallel_size:
+        raise ValueError(
+            f"{launch.train_nodes} nodes x {launch.gpus_per_node} GPUs = {launch.world_size} "
+            f"ranks cannot hold TP x PP x CP = {parallel.model_parallel_size}: change "
+            "launch.train_nodes or the parallel sizes"
+        )
+    engines = launch.engines
+    if engines.nodes and launch.gpus_per_node % engines.tensor_parallel:
+        raise ValueError(
+            f"launch.engines.tensor_parallel={engines.tensor_parallel} must divide the "
+            f"{launch.gpus_per_node} GPUs of a node"
+        )
+    if engines.nodes and recipe.config.rollout.engine != "server":
+        raise ValueError("engine nodes need rollout.engine=server (sglang engines)")
+
+
+def check_recipe(recipe: Recipe, cluster: Cluster = H100_80GB) -> MemoryPlan | None:
+    """Raise ValueError naming what to change (``LayoutDoesNotFit`` with the breakdown when
+    the most loaded GPU would run out of memory); return the memory plan. None for a model the
+    planner has no shape for: the CPU default, which the trainer checks as it builds."""
+    if recipe.launch.model is None:
+        check_processes(recipe)
+        return None
+    if recipe.launch.model not in QWEN3_SIZES:
+        raise ValueError(f"launch.model={recipe.launch.model!r}: one of {sorted(QWEN3_SIZES)}")
+    model, layout = QWEN3_SIZES[recipe.launch.model], training_layout(recipe)
+    check_layout(model, layout)  # the model's own rules first: they name the real cause
+    check_processes(recipe)
+    return plan_memory(model, layout, rollout_placement(recipe), cluster).require_fit()

@@ -1,0 +1,58 @@
+"""NeMo-Run's Slurm executors for a recipe: a trainer node group, plus an engine node group in
+the same heterogeneous job when the recipe has engines. (Locally a plain ``LocalExecutor``
+runs ``tasks.local_trainer_task``, which brings its own torchrun.)"""
+
+import nemo_run as run
+
+from recipes.launch.slurm_options import SlurmOptions
+from recipes.recipe import Recipe
+
+TRAINER_ENV = {
+    # Megatron-Core's TP/SP communication overlap relies on one CUDA work queue.
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+}
+ENGINE_HOSTS_LINE = (
+    'export ENGINE_NODES=$(scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_1" '
+    "| paste -sd, -)"
+)
+"""The engine group's hosts, for ``recipes.train`` (set before the tasks start)."""
+
+
+def _env(options: SlurmOptions, base: dict[str, str]) -> dict[str, str]:
+    return {**base, **dict(item.split("=", 1) for item in options.env)}
+
+
+def _slurm_executor(
+    recipe: Recipe, options: SlurmOptions, nodes: int, tasks_per_node: int, env: dict
+) -> run.SlurmExecutor:
+    packager = run.GitArchivePackager() if options.packager == "git" else run.Packager()
+    executor = run.SlurmExecutor(
+        account=options.account,
+        partition=options.partition,
+        nodes=nodes,
+        ntasks_per_node=tasks_per_node,
+        gpus_per_node=recipe.launch.gpus_per_node,
+        exclusive=True,
+        time=options.time or recipe.launch.time,
+        container_image=options.container_image,
+        container_mounts=list(options.mounts),
+        env_vars=_env(options, env),
+        heterogeneous=bool(recipe.launch.engines.nodes),
+        tunnel=run.LocalTunnel(job_dir=options.job_dir),
+        packager=packager,
+    )
+    executor.retries = options.retries
+    return executor
+
+
+def slurm_executors(recipe: Recipe, options: SlurmOptions) -> list[run.SlurmExecutor]:
+    """[trainer] or [trainer, engines]: one torchrun per trainer node (it starts a process per
+    GPU), one Slurm task per engine on the engine nodes."""
+    launch = recipe.launch
+    trainer = _slurm_executor(recipe, options, launch.train_nodes, 1, TRAINER_ENV)
+    if not launch.engines.nodes:
+        return [trainer]
+    trainer.setup_lines = ENGINE_HOSTS_LINE
+    engines = _slurm_executor(recipe, options, launch.engines.nodes, launch.engines_per_node, {})
+    return [trainer, engines]

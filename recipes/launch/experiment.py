@@ -1,0 +1,46 @@
+"""A recipe as a NeMo-Run experiment: submitted, run locally, or (dry run) the sbatch script
+it would submit."""
+
+import nemo_run as run
+
+from recipes.launch.executors import slurm_executors
+from recipes.launch.slurm_options import SlurmOptions
+from recipes.launch.tasks import local_trainer_task, slurm_engine_task, slurm_trainer_task
+from recipes.recipe import Recipe
+
+
+def _add_slurm_job(experiment, recipe: Recipe, name: str, overrides: list[str], options) -> None:
+    executors = slurm_executors(recipe, options)
+    trainer = slurm_trainer_task(recipe, name, overrides)
+    if len(executors) == 1:
+        experiment.add(trainer, executor=executors[0], name=name)
+        return
+    engines = slurm_engine_task(name, overrides)
+    experiment.add([trainer, engines], executor=executors, name=name)
+
+
+def slurm_sbatch_script(recipe: Recipe, name: str, overrides: list[str], options) -> str:
+    """The sbatch script NeMo-Run would submit for the recipe (nothing is submitted)."""
+    with run.Experiment(f"{name}-dryrun", log_level="WARN") as experiment:
+        _add_slurm_job(experiment, recipe, name, overrides, options)
+        experiment.dryrun(log=False)
+        job = experiment.jobs[0]
+        infos = getattr(job, "_dryrun_infos", None) or [job._dryrun_info]
+        return infos[0].request.materialize()
+
+
+def submit_to_slurm(recipe: Recipe, name: str, overrides: list[str], options: SlurmOptions):
+    with run.Experiment(name, log_level="INFO") as experiment:
+        _add_slurm_job(experiment, recipe, name, overrides, options)
+        experiment.run(detach=True)
+
+
+def run_locally(name: str, overrides: list[str], nproc: int) -> None:
+    """Runs to completion here (torchrun for nproc > 1); raises if the run fails."""
+    with run.Experiment(name, log_level="WARN") as experiment:
+        task = local_trainer_task(name, overrides, nproc)
+        experiment.add(task, executor=run.LocalExecutor(), name=name)
+        experiment.run(sequential=True, tail_logs=True)
+    status = str(experiment.jobs[0].state)  # the experiment waited for its job on leaving
+    if status != "SUCCEEDED":
+        raise RuntimeError(f"local run of {name}: {status} (its log is printed above)")

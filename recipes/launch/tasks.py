@@ -1,0 +1,48 @@
+"""The commands a launched recipe runs, as NeMo-Run scripts: ``recipes.train`` (under
+torchrun) on the trainer nodes and ``recipes.engine_task`` on the engine nodes. Both rebuild
+the recipe from its name and overrides on the node."""
+
+import sys
+
+import nemo_run as run
+
+from recipes.recipe import Recipe
+
+RENDEZVOUS_PORT = 29500
+
+
+def local_trainer_task(name: str, overrides: list[str], nproc: int) -> run.Script:
+    """This interpreter (the one with the project installed: a venv need not be on PATH),
+    under torchrun's module when there are several processes."""
+    train = [name, *overrides]
+    if nproc == 1:
+        return run.Script(path="recipes.train", entrypoint=sys.executable, m=True, args=train)
+    torchrun = ["--standalone", f"--nproc-per-node={nproc}", "-m", "recipes.train"]
+    return run.Script(
+        path="torch.distributed.run", entrypoint=sys.executable, m=True, args=[*torchrun, *train]
+    )
+
+
+def slurm_trainer_task(recipe: Recipe, name: str, overrides: list[str]) -> run.Script:
+    """torchrun once per trainer node, rendezvous on the job's head node (the first trainer
+    node: the trainer group comes first in the job)."""
+    launch = recipe.launch
+    torchrun = [
+        f"--nnodes={launch.train_nodes}",
+        f"--nproc-per-node={launch.gpus_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=$head_node_ip:{RENDEZVOUS_PORT}",
+        "--rdzv-id=$SLURM_JOB_ID",
+    ]
+    return run.Script(
+        path="torch.distributed.run",
+        entrypoint="python",
+        m=True,
+        args=[*torchrun, "-m", "recipes.train", name, *overrides],
+    )
+
+
+def slurm_engine_task(name: str, overrides: list[str]) -> run.Script:
+    return run.Script(
+        path="recipes.engine_task", entrypoint="python", m=True, args=[name, *overrides]
+    )

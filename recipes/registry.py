@@ -1,0 +1,22 @@
+"""The recipes by name (``python -m recipes <name>``)."""
+
+from collections.abc import Callable
+
+from recipes.qwen3 import qwen3_8b, qwen3_14b, qwen3_32b
+from recipes.recipe import Recipe
+from recipes.tiny_qwen3_cpu import tiny_cpu
+
+RECIPES: dict[str, Callable[[], Recipe]] = {
+    "tiny_cpu": tiny_cpu,
+    "qwen3_8b": qwen3_8b,
+    "qwen3_14b": qwen3_14b,
+    "qwen3_32b": qwen3_32b,
+}
+
+
+def build_recipe(name: str, overrides: list[str] = ()) -> Recipe:
+    """The named recipe with ``overrides`` applied (unknown names and keys raise, listing the
+    choices)."""
+    if name not in RECIPES:
+        raise KeyError(f"no recipe {name!r}: choose one of {sorted(RECIPES)}")
+    return RECIPES[name]().with_overrides(list(overrides))

@@ -1,0 +1,130 @@
+"""The launch path through NeMo-Run: ``--dryrun`` of every Slurm recipe gives an sbatch script
+whose node groups, GPUs, container, mounts and commands are right (read by parsing the
+script's #SBATCH lines and srun command lines), and the tiny recipe runs to completion
+through NeMo-Run's local executor (torchrun, 2 CPU processes, TP=2)."""
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from megatron_fork.trainer.metrics_log import read_metrics
+from recipes.registry import build_recipe
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+SLURM_ARGS = ["--executor", "slurm", "--account", "acct", "--partition", "batch"]
+SLURM_ARGS += ["--container-image", "/lustre/img/mf.sqsh", "--mount", "/lustre:/lustre"]
+
+
+def _sbatch(tmp_path, name: str, *overrides: str) -> str:
+    command = [sys.executable, "-m", "recipes", name, *overrides, *SLURM_ARGS, "--dryrun"]
+    command += ["--job-dir", str(tmp_path / "jobs")]
+    env = {**ENV, "NEMORUN_HOME": str(tmp_path / "nemo_home")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list((tmp_path / "jobs").rglob("*.sqsh"))  # nothing packaged or submitted
+    return done.stdout[done.stdout.index("#!/bin/bash") :]
+
+
+def _groups(script: str) -> list[dict[str, str]]:
+    """The #SBATCH options of each node group of a (heterogeneous) job."""
+    groups = [{}]
+    for line in script.splitlines():
+        if line == "#SBATCH hetjob":
+            groups.append({})
+        elif line.startswith("#SBATCH --"):
+            key, _, value = line.removeprefix("#SBATCH --").partition("=")
+            groups[-1][key] = value
+    return groups
+
+
+def _sruns(script: str) -> dict[int, tuple[dict[str, str], list[str]]]:
+    """het group -> (srun options, the command it runs)."""
+    runs = {}
+    for line in script.splitlines():
+        if not line.startswith("srun "):
+            continue
+        words = shlex.split(line.split(" & pids")[0])[1:]
+        options, index = {}, 0
+        while words[index].startswith("--"):
+            key, _, value = words[index][2:].partition("=")
+            if not value and key not in ("exclusive",):
+                index, value = index + 1, words[index + 1]
+            options[key] = value
+            index += 1
+        runs[int(options.get("het-group", 0))] = (options, words[index:])
+    return runs
+
+
+@pytest.mark.parametrize("name", ["qwen3_8b", "qwen3_14b", "qwen3_32b"])
+def test_dryrun_sbatch_has_the_recipe_node_groups_and_commands(tmp_path, name):
+    recipe = build_recipe(name)
+    launch = recipe.launch
+    script = _sbatch(tmp_path, name, "loss.strategy=random")
+    trainer, engines = _groups(script)
+    assert trainer["nodes"] == str(launch.train_nodes) and engines["nodes"] == str(
+        launch.engines.nodes
+    )
+    assert trainer["gpus-per-node"] == engines["gpus-per-node"] == "8"
+    assert trainer["ntasks-per-node"] == "1"  # one torchrun per node
+    assert engines["ntasks-per-node"] == str(8 // launch.engines.tensor_parallel)
+    assert trainer["account"] == "acct" and trainer["partition"] == "batch"
+    assert "ENGINE_NODES=$(scontrol show hostnames" in script  # engine hosts for the trainer
+
+    runs = _sruns(script)
+    assert set(runs) == {0, 1}
+    for options, _ in runs.values():
+        assert options["container-image"] == "/lustre/img/mf.sqsh"
+        assert "/lustre:/lustre" in options["container-mounts"].split(",")
+    torchrun = runs[0][1]
+    assert torchrun[:3] == ["python", "-m", "torch.distributed.run"]
+    assert f"--nnodes={launch.train_nodes}" in torchrun and "--nproc-per-node=8" in torchrun
+    assert torchrun[torchrun.index("-m", 3) :] == [
+        "-m",
+        "recipes.train",
+        name,
+        "loss.strategy=random",
+    ]
+    assert runs[1][1] == ["python", "-m", "recipes.engine_task", name, "loss.strategy=random"]
+
+
+def test_a_recipe_without_engines_is_one_node_group(tmp_path):
+    script = _sbatch(tmp_path, "qwen3_8b", "launch.engines.nodes=0", "rollout.engine=torch")
+    (trainer,) = _groups(script)
+    assert trainer["nodes"] == "8" and "hetjob" not in script
+    assert set(_sruns(script)) == {0}
+
+
+def test_tiny_recipe_runs_to_completion_through_nemo_run_local_executor(base_model, tmp_path):
+    out = tmp_path / "run"
+    overrides = [
+        f"base_model={base_model}",
+        f"output_dir={out}",
+        "steps=1",
+        "parallel.tensor_parallel=2",
+        "parallel.vocab_multiple=16",
+        "data.synthetic_terms=2",
+        "data.synthetic_heldout=20",
+        "rollout.prompts_per_step=4",
+        "rollout.prompts_per_round=6",
+        "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=16",
+        "reward.max_response_tokens=16",
+        "reward.overlong_buffer=4",
+        "reward.num_workers=1",
+        "micro_batch_size=4",
+        "eval.max_prompts=8",
+        "eval.samples_per_prompt=2",
+        "progress=False",
+    ]
+    command = [sys.executable, "-m", "recipes", "tiny_cpu", "--nproc", "2", *overrides]
+    env = {**ENV, "NEMORUN_HOME": str(tmp_path / "nemo_home")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in metrics] == [0, 1]
+    assert metrics[1]["train/engine_logprob_abs_diff"] < 1e-5
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000001"
+    assert (tmp_path / "nemo_home" / "experiments").is_dir()  # it went through NeMo-Run

@@ -1,0 +1,115 @@
+"""Every recipe builds and passes its checks; overrides reach the run config and the launch
+spec; bad overrides (unknown key, wrong type, TP not dividing the heads, CP not dividing the
+sequence, a layout that does not fit 80 GB) fail before anything is launched, with a message
+naming the cause."""
+
+import subprocess
+import sys
+
+import pytest
+
+from megatron_fork.planning import LayoutDoesNotFit
+from recipes.checks import check_recipe
+from recipes.engine_task import engine_config
+from recipes.registry import RECIPES, build_recipe
+from recipes.train import with_engines_of_this_job
+
+GPU_RECIPES = ["qwen3_8b", "qwen3_14b", "qwen3_32b"]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_builds_and_passes_its_checks(name):
+    recipe = build_recipe(name)
+    plan = check_recipe(recipe)
+    if name in GPU_RECIPES:
+        assert plan.fits and plan.total <= plan.capacity
+        assert recipe.data_parallel * recipe.config.parallel.model_parallel_size == 64
+        assert recipe.config.loss.rho == 0.2 and recipe.config.loss.strategy == "top"
+        assert recipe.config.rollout.max_new_tokens == 20480
+        assert recipe.config.rollout.samples_per_prompt == 16
+        assert recipe.config.precision.params == "bf16"
+    else:
+        assert plan is None and recipe.launch.engines.nodes == 0
+
+
+def test_overrides_reach_the_run_config_and_the_launch_spec():
+    recipe = build_recipe(
+        "qwen3_14b",
+        ["loss.strategy=random", "loss.rho=0.1", "launch.train_nodes=16", "launch.engines.nodes=4"],
+    )
+    assert recipe.config.loss.strategy == "random" and recipe.config.loss.rho == 0.1
+    assert recipe.launch.train_nodes == 16 and recipe.launch.engines.nodes == 4
+    assert recipe.data_parallel == 16  # 128 GPUs / (TP 4 x CP 2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["loss.rhoo=0.1"], KeyError, "unknown config key 'loss.rhoo'"),
+        (["launch.trainnodes=2"], KeyError, "unknown config key 'launch.trainnodes'"),
+        (["parallel.tensor_parallel=two"], TypeError, "expected int, got str"),
+        (["launch.train_nodes=2.5"], TypeError, "launch.train_nodes=2.5: expected int"),
+        (["parallel.tensor_parallel=3"], ValueError, "does not divide num_attention_heads=64"),
+        (["parallel.context_parallel=3"], ValueError, "not divisible by 2 \\* context_parallel"),
+        (["launch.context_tokens=22530"], ValueError, "not divisible by 2 \\* context_parallel"),
+        (["launch.train_nodes=3"], ValueError, "24 ranks cannot hold TP x PP x CP = 32"),
+        (
+            ["launch.engines.tensor_parallel=3"],
+            ValueError,
+            "tensor_parallel=3 must divide the 8 GPUs",
+        ),
+    ],
+)
+def test_bad_overrides_fail_with_the_cause(overrides, error, message):
+    with pytest.raises(error, match=message):
+        check_recipe(build_recipe("qwen3_32b", overrides))
+
+
+def test_qwen3_32b_at_tp1_is_refused_with_its_memory_breakdown():
+    recipe = build_recipe(
+        "qwen3_32b", ["parallel.tensor_parallel=1", "parallel.sequence_parallel=False"]
+    )
+    with pytest.raises(LayoutDoesNotFit) as refused:
+        check_recipe(recipe)
+    message = str(refused.value)
+    for part in ("weights (bf16)", "gradients", "activations", "DOES NOT FIT"):
+        assert part in message
+
+
+def test_the_cli_refuses_before_launching_with_status_2():
+    done = subprocess.run(
+        [sys.executable, "-m", "recipes", "qwen3_8b", "parallel.tensor_parallel=3"]
+        + ["--executor", "slurm", "--account", "a", "--dryrun"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("recipes: error: tensor_parallel=3 does not divide num_attention_heads=32")
+    )
+
+
+def test_the_trainer_finds_the_engines_of_its_job():
+    recipe = build_recipe("qwen3_8b", ["launch.engines.nodes=2"])
+    pointed = with_engines_of_this_job(recipe, {"ENGINE_NODES": "gpu-a,gpu-b"})
+    rollout = pointed.config.rollout
+    assert rollout.server_urls == tuple(
+        f"http://gpu-{h}:{30000 + i}"
+        for h in "ab"
+        for i in range(4)  # 8 GPUs / TP 2
+    )
+    assert rollout.server_tp_size == 2 and rollout.weight_backend == "nccl"
+    with pytest.raises(SystemExit, match="expected the 2 engine hosts"):
+        with_engines_of_this_job(recipe, {"ENGINE_NODES": "gpu-a"})
+
+
+def test_each_engine_task_takes_its_own_gpus_and_port():
+    recipe = build_recipe("qwen3_14b")  # engine TP 4: two engines per node
+    second = engine_config(recipe, local_id=1, host="10.0.0.7")
+    assert (second.base_gpu_id, second.port, second.tp_size) == (4, 30001, 4)
+    assert second.url == "http://10.0.0.7:30001" and second.dummy_weights
+    with pytest.raises(SystemExit, match="a node runs 2 engines"):
+        engine_config(recipe, local_id=2, host="10.0.0.7")
