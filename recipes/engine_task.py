@@ -5,7 +5,8 @@
 Task i of a node (``SLURM_LOCALID``) serves on GPUs [i * TP, (i + 1) * TP) at port + i, bound
 to this node's address on the cluster network (the trainer runs on other nodes), with dummy
 weights the trainer's first sync replaces. The engine reads config and tokenizer from the base
-model's Hugging Face files (a Megatron checkpoint's ``hf/``)."""
+model's Hugging Face files (a Megatron checkpoint's ``hf/``); sglang runs in the interpreter
+``SGLANG_PYTHON`` names (the container's sglang environment), else this one."""
 
 import os
 import socket
@@ -33,6 +34,7 @@ def engine_config(recipe: Recipe, local_id: int, host: str) -> SglangEngineConfi
         fp8=recipe.config.rollout.fp8,
         random_seed=recipe.config.seed,
         api_key=os.environ.get("SGLANG_API_KEY"),
+        python=os.environ.get("SGLANG_PYTHON", sys.executable),
     )
 
 

@@ -33,6 +33,9 @@ class SglangEngineConfig:
     random_seed: int = 0
     weight_version: int = 0
     api_key: str | None = None
+    python: str = sys.executable
+    """The interpreter with sglang installed (the container keeps sglang, which pins its own
+    torch, in a virtual environment of its own: ``SGLANG_PYTHON``)."""
 
     def __post_init__(self):
         if self.tp_size < 1:
@@ -47,7 +50,7 @@ class SglangEngineConfig:
 
 def sglang_server_command(config: SglangEngineConfig) -> list[str]:
     command = [
-        sys.executable, "-m", "sglang.launch_server",
+        config.python, "-m", "sglang.launch_server",
         "--model-path", config.model_path,
         "--host", config.host, "--port", str(config.port),
         "--tp-size", str(config.tp_size), "--base-gpu-id", str(config.base_gpu_id),

@@ -1,0 +1,85 @@
+"""Per-GPU memory and a rough step time of a recipe on a cluster, before anything is queued:
+
+    python tools/plan.py qwen3_32b                               # the recipe as it is
+    python tools/plan.py qwen3_32b parallel.tensor_parallel=4 --gpu-memory-gib 79.65
+    python tools/plan.py qwen3_8b --mean-response-tokens 12000 --json plan.json
+
+Exits 2 with the breakdown when the layout does not fit (as ``python -m recipes`` does before
+a launch). Every figure is an estimate (megatron_fork/planning: the formulas and their sources).
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
+
+from megatron_fork.planning import (  # noqa: E402
+    H100_80GB,
+    QWEN3_SIZES,
+    LayoutDoesNotFit,
+    Workload,
+    estimate_step_time,
+)
+from recipes.checks import check_recipe, rollout_placement, training_layout  # noqa: E402
+from recipes.registry import RECIPES, build_recipe  # noqa: E402
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("recipe", choices=sorted(n for n in RECIPES if n != "tiny_cpu"))
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--gpu-memory-gib", type=float, default=H100_80GB.gpu_memory_gib)
+    parser.add_argument("--reserved-gib", type=float, default=H100_80GB.reserved_gib)
+    parser.add_argument("--inter-node-gbps", type=float, default=H100_80GB.inter_node_gbps)
+    parser.add_argument("--prompt-tokens", type=int, default=256, help="mean prompt length")
+    parser.add_argument("--mean-response-tokens", type=int, default=8192)
+    parser.add_argument("--json", help="also write the figures here")
+    return parser.parse_intermixed_args(argv)
+
+
+def _workload(recipe, args) -> Workload:
+    rollout = recipe.config.rollout
+    return Workload(
+        prompts_per_step=rollout.prompts_per_step,
+        samples_per_prompt=rollout.samples_per_prompt,
+        prompt_tokens=args.prompt_tokens,
+        mean_response_tokens=args.mean_response_tokens,
+        mini_batches_per_step=recipe.config.mini_batches_per_step,
+        generation_rounds=rollout.prompts_per_round / rollout.prompts_per_step,
+        max_response_tokens=rollout.max_new_tokens,
+    )
+
+
+def main(argv=None) -> None:
+    args = _args(argv)
+    recipe = build_recipe(args.recipe, args.overrides)
+    launch = recipe.launch
+    cluster = dataclasses.replace(
+        H100_80GB,
+        gpu_memory_gib=args.gpu_memory_gib,
+        reserved_gib=args.reserved_gib,
+        inter_node_gbps=args.inter_node_gbps,
+        nodes=launch.train_nodes + launch.engines.nodes,
+        gpus_per_node=launch.gpus_per_node,
+    )
+    try:
+        plan = check_recipe(recipe, cluster)
+    except LayoutDoesNotFit as refused:
+        print(refused, file=sys.stderr)
+        raise SystemExit(2) from None
+    model = QWEN3_SIZES[launch.model]
+    layout, engines = training_layout(recipe), rollout_placement(recipe)
+    times = estimate_step_time(model, layout, engines, cluster, _workload(recipe, args))
+    print(plan.table())
+    print()
+    print(times.table())
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"memory": plan.as_dict(), "step_time": times.as_dict()}, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
