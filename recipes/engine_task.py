@@ -11,21 +11,35 @@ model's Hugging Face files (a Megatron checkpoint's ``hf/``); sglang runs in the
 import os
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
-from megatron_fork.rollout.sglang_launch import SglangEngineConfig, sglang_server_command
+from megatron_fork.rollout.sglang_launch import (
+    SglangEngineConfig,
+    fp8_engine_model,
+    sglang_server_command,
+)
 from megatron_fork.trainer.checkpoint import hf_metadata_dir
 from recipes.recipe import Recipe
 from recipes.registry import build_recipe
 
 
-def engine_config(recipe: Recipe, local_id: int, host: str) -> SglangEngineConfig:
+def engine_config(
+    recipe: Recipe, local_id: int, host: str, scratch: Path | None = None
+) -> SglangEngineConfig:
+    """Engine ``local_id`` of this node. FP8 engines read a config with the blockwise
+    ``quantization_config``, written to ``scratch`` (node-local: a temporary directory)."""
     engines = recipe.launch.engines
     if not 0 <= local_id < recipe.launch.engines_per_node:
         raise SystemExit(
             f"SLURM_LOCALID={local_id}: a node runs {recipe.launch.engines_per_node} engines"
         )
+    model_path = hf_metadata_dir(recipe.config.base_model)
+    if recipe.config.rollout.fp8:
+        scratch = scratch or Path(tempfile.gettempdir())
+        model_path = fp8_engine_model(model_path, scratch / f"fp8-engine-{engines.port + local_id}")
     return SglangEngineConfig(
-        model_path=str(hf_metadata_dir(recipe.config.base_model)),
+        model_path=str(model_path),
         host=host,
         port=engines.port + local_id,
         tp_size=engines.tensor_parallel,

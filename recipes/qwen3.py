@@ -22,7 +22,8 @@ Precision: bf16 weights with fp32 main weights and gradients; Transformer Engine
 blockwise 128x128 scaling, the scheme sglang's FP8 engines use) for the linear layers of the
 transformer blocks except the first and last block; embeddings, norms, the output layer and
 the log-prob / entropy / loss maths stay bf16/fp32. Engines serve bf16 (``rollout.fp8=True``
-sends blockwise FP8 weights to FP8 engines; see the README's notes on FP8 engines).
+sends blockwise FP8 weights to engines serving FP8, whose config.json gets the matching
+``quantization_config``: ``recipes.engine_task``).
 """
 
 from megatron_fork.data.prompt_sets import DataConfig

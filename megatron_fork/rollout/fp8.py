@@ -16,6 +16,16 @@ BLOCK = 128
 QUANTIZED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The linear layers quantised (as sglang's FP8 checkpoints: embeddings, norms and the output
 layer stay in the model's dtype)."""
+QUANTIZATION_CONFIG = {
+    "quant_method": "fp8",
+    "fmt": "e4m3",
+    "activation_scheme": "dynamic",
+    "weight_block_size": [BLOCK, BLOCK],
+}
+"""The ``quantization_config`` an FP8 engine's config.json needs to load (and be updated with)
+blockwise e4m3 weights plus ``weight_scale_inv``, as sglang's ``Fp8Config.from_config`` reads it;
+without it ``--quantization fp8`` quantises per tensor at load, which the sync's blocks do not
+match."""
 
 
 def _blocks(shape: tuple[int, int], block: int) -> tuple[int, int]:

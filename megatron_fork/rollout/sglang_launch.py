@@ -8,8 +8,14 @@ fills them) and ``--enable-deterministic-inference`` (sglang honours per-request
 need ``--enable-memory-saver`` to release and resume their memory around training.
 """
 
+import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_fork.atomic_files import directory_written_atomically
+from megatron_fork.models.hf_directory import copy_hf_metadata
+from megatron_fork.rollout.fp8 import QUANTIZATION_CONFIG
 
 
 @dataclass(frozen=True)
@@ -82,3 +88,15 @@ def sglang_router_command(worker_urls: list[str], port: int = 30100, policy: str
         sys.executable, "-m", "sglang_router.launch_router",
         "--worker-urls", *worker_urls, "--policy", policy, "--port", str(port),
     ]  # fmt: skip
+
+
+def fp8_engine_model(hf_dir: str | Path, out_dir: str | Path) -> Path:
+    """A model folder for an FP8 engine: ``hf_dir``'s config (with the blockwise FP8
+    ``quantization_config``) and tokenizer files; the engine starts with dummy weights, so no
+    weights are needed. Written whole or not at all."""
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    config["quantization_config"] = QUANTIZATION_CONFIG
+    with directory_written_atomically(out_dir) as tmp:
+        copy_hf_metadata(hf_dir, tmp)
+        (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2))
+    return Path(out_dir)

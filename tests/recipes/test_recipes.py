@@ -3,6 +3,7 @@ spec; bad overrides (unknown key, wrong type, TP not dividing the heads, CP not 
 sequence, a layout that does not fit 80 GB) fail before anything is launched, with a message
 naming the cause."""
 
+import json
 import subprocess
 import sys
 
@@ -113,3 +114,19 @@ def test_each_engine_task_takes_its_own_gpus_and_port():
     assert second.url == "http://10.0.0.7:30001" and second.dummy_weights
     with pytest.raises(SystemExit, match="a node runs 2 engines"):
         engine_config(recipe, local_id=2, host="10.0.0.7")
+
+
+def test_fp8_engines_read_a_config_with_the_blockwise_quantization(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "qwen3", "vocab_size": 60}')
+    (hf / "tokenizer.json").write_text("{}")
+    recipe = build_recipe("qwen3_8b", [f"base_model={hf}", "rollout.fp8=True"])
+    config = engine_config(recipe, local_id=0, host="10.0.0.7", scratch=tmp_path / "scratch")
+    model = tmp_path / "scratch" / "fp8-engine-30000"
+    assert config.model_path == str(model) and config.fp8
+    written = json.loads((model / "config.json").read_text())
+    assert written["vocab_size"] == 60
+    assert written["quantization_config"]["weight_block_size"] == [128, 128]
+    assert written["quantization_config"]["quant_method"] == "fp8"
+    assert (model / "tokenizer.json").read_text() == "{}"
