@@ -69,7 +69,7 @@ def _paper_config(name: str, parallel: ParallelConfig) -> RLConfig:
         eval=EvalConfig(every=10, samples_per_prompt=32, temperature=1.0, top_p=0.7),
         loss=ForkingLossConfig(rho=0.2, strategy="top"),
         reward=MathRewardConfig(max_response_tokens=MAX_RESPONSE_TOKENS, num_workers=16),
-        optimizer=OptimizerSettings(lr=1e-6, weight_decay=0.1, clip_grad=1.0),
+        optimizer=OptimizerSettings(lr=1e-6, weight_decay=0.1, clip_grad=1.0, warmup_steps=10),
         parallel=parallel,
         precision=PrecisionConfig(params="bf16", fp8="e4m3", fp8_recipe="blockwise"),
     )

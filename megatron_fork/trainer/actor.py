@@ -215,6 +215,19 @@ def build_actor(
     return Actor(model=ddp, optimizer=optimizer, hf_config=hf_config, layout=layout)
 
 
+def learning_rate(optim: OptimizerSettings, step: int) -> float:
+    """The rate of RL step ``step`` (1-based): linear warm-up, then ``optim.lr``."""
+    if optim.warmup_steps == 0:
+        return optim.lr
+    return optim.lr * min(1.0, step / optim.warmup_steps)
+
+
+def set_learning_rate(actor: Actor, lr: float) -> None:
+    """Every parameter group of Megatron's (chained) optimizer, as its own scheduler does."""
+    for group in actor.optimizer.param_groups:
+        group["lr"] = lr
+
+
 def optimizer_step(actor: Actor) -> dict:
     """One optimizer step after a forward/backward; the grad norm and whether it applied."""
     applied, grad_norm, _ = actor.optimizer.step()

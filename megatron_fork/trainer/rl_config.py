@@ -97,6 +97,12 @@ class OptimizerSettings:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over this many RL steps, then constant (the paper's script:
+    10; verl's scheduler steps once per RL step, so every mini-batch of a step shares its rate)."""
+
+    def __post_init__(self):
+        _require(self.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0")
 
 
 RECOMPUTE_CHOICES = ("none", "selective", "full")

@@ -20,6 +20,8 @@ from megatron_fork.trainer.actor import (
     build_actor,
     build_reference_model,
     init_parallel,
+    learning_rate,
+    set_learning_rate,
     shutdown_parallel,
 )
 from megatron_fork.trainer.checkpoint import (
@@ -162,6 +164,8 @@ def _rl_step(
 
     samples, advantages, trainable = from_rank0(rollout)
     rollout_s = time.perf_counter() - start
+    lr = learning_rate(config.optimizer, step)
+    set_learning_rate(actor, lr)
     train_metrics = train_on_samples(
         actor,
         loss_config,
@@ -176,6 +180,8 @@ def _rl_step(
         reference_model=reference,
     )
     train_metrics = _gather_last_stage_metrics(train_metrics)
+    if train_metrics is not None:  # rank 0
+        train_metrics["optim/lr"] = lr
     engine = controller.engine if controller else None
     sync_weights(actor.model, actor.layout, engine, step, config.rollout.weight_bucket_bytes)
     train_s = time.perf_counter() - start - rollout_s

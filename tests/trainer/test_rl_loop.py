@@ -164,10 +164,12 @@ def test_other_loss_options_run_through_the_loop(base_model, tmp_path):
             "loss.strategy=random",
             "loss.kl_coef=0.1",
             "loss.entropy_coef=0.01",
+            "optimizer.warmup_steps=4",
         ],
     )
     records = _run(config, tmp_path, "run")
     assert [r["step"] for r in records] == [0, 1, 2]
+    assert [r["optim/lr"] for r in records[1:]] == [1e-3 / 4, 1e-3 / 2]  # linear warm-up
     for record in records[1:]:
         assert record["train/engine_logprob_abs_diff"] < 1e-5
         assert record["train/loss"] is not None and record["optim/grad_norm"] > 0
