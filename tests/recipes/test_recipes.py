@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from megatron_fork.planning import LayoutDoesNotFit
+from megatron_fork.rollout.sglang_launch import sglang_server_command
 from recipes.checks import check_recipe
 from recipes.engine_task import engine_config
 from recipes.registry import RECIPES, build_recipe
@@ -112,6 +113,16 @@ def test_each_engine_task_takes_its_own_gpus_and_port():
     second = engine_config(recipe, local_id=1, host="10.0.0.7")
     assert (second.base_gpu_id, second.port, second.tp_size) == (4, 30001, 4)
     assert second.url == "http://10.0.0.7:30001" and second.dummy_weights
+    command = sglang_server_command(second)
+    assert command[1:3] == ["-m", "sglang.launch_server"]
+    words, flags = command[3:], {}
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            value = words[i + 1] if i + 1 < len(words) else ""
+            flags[word] = "" if value.startswith("--") else value
+    assert flags["--tp-size"] == "4" and flags["--base-gpu-id"] == "4"
+    assert flags["--host"] == "10.0.0.7" and flags["--port"] == "30001"
+    assert flags["--load-format"] == "dummy"
     with pytest.raises(SystemExit, match="a node runs 2 engines"):
         engine_config(recipe, local_id=2, host="10.0.0.7")
 
