@@ -15,13 +15,14 @@ from megatron_fork.analysis.entropy_statistics import (
     entropy_by_position,
     summarize_entropy,
 )
+from megatron_fork.analysis.figure_files import save_figure
 from megatron_fork.analysis.forking_tokens import frequent_pieces
 from megatron_fork.analysis.token_table import read_token_table
 from megatron_fork.atomic_files import write_text_atomically
 
 
 def report_numbers(table_path: str | Path, rho: float = 0.8, top: int = 20) -> dict:
-    table, metadata = read_token_table(table_path)
+    table, metadata = read_token_table(table_path, ["entropy", "position", "piece"])
     columns = table.to_pydict()
     entropy = torch.tensor(columns["entropy"], dtype=torch.float64)
     if entropy.numel() == 0:
@@ -88,8 +89,7 @@ def _plots(numbers: dict, out: Path) -> None:
     axes[2].barh([repr(p)[1:-1] for p, _, _ in pieces], [n for _, n, _ in pieces])
     axes[2].set(xlabel="count", title="most frequent high-entropy pieces")
     fig.tight_layout()
-    fig.savefig(out / "entropy.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "entropy.png", dpi=110)
 
 
 def write_entropy_report(table_path: str | Path, out_dir: str | Path, rho: float = 0.8) -> Path:

@@ -1,6 +1,13 @@
 """Collect on the warm-started tiny Qwen3: the token table's entropies and log-probs equal an
 independent teacher-forced computation with the Hugging Face model (log_softmax of its logits)
-for the same tokens, and the table streams one row group per chunk of prompts."""
+for the same tokens, whether the responses were generated, taken from another table, or given
+as prompt/response text; the table streams one row group per chunk of prompts; the model
+sharded over TP = 2 ranks (rank 0 writing) gives the table of one process; bad inputs (empty
+prompt set, a tokenizer from another model, checkpoints of different vocabularies) are refused
+with clear errors."""
+
+import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -8,51 +15,163 @@ import torch
 
 from tests.support.distributed import run_distributed
 
+RESPONSES = ["3>2:3-2=1 \\boxed{1}<|im_end|>", "0<9:0+9=9 \\boxed{9}", "=="]
 
-def _collect_worker(rank, world, base_model, out, prompts):
-    from megatron_fork.analysis.collect import CollectConfig, collect
+
+def _config(model, out, tp=1, chunk_prompts=2):
+    from megatron_fork.analysis.collect import CollectConfig
+    from megatron_fork.trainer.rl_config import ParallelConfig
+
+    return CollectConfig(str(model), str(out), max_new_tokens=12, samples_per_prompt=2,
+                         chunk_prompts=chunk_prompts, prompt_set="synthetic eval",
+                         parallel=ParallelConfig(tensor_parallel=tp))  # fmt: skip
+
+
+def _collect_worker(rank, world, base_model, folder, prompts):
+    from megatron_fork.analysis.collect import collect, collect_given
     from tests.support.megatron_setup import init_megatron
 
-    init_megatron(seed=0)
-    config = CollectConfig(str(base_model), out, max_new_tokens=12, samples_per_prompt=2,
-                           chunk_prompts=2, prompt_set="synthetic eval")  # fmt: skip
-    collect(config, prompts)
-    with pytest.raises(ValueError, match="prompt set is empty"):
-        collect(config, [])
+    init_megatron(tp=world, seed=0)
+    if world > 1:  # the TP = 2 table only
+        collect(_config(base_model, f"{folder}/tp2.parquet", tp=2), iter(prompts))
+        return
+    collect(_config(base_model, f"{folder}/tokens.parquet"), iter(prompts))
+    collect_given(_config(base_model, f"{folder}/again.parquet"), f"{folder}/tokens.parquet")
+    collect_given(_config(base_model, f"{folder}/text.parquet"), f"{folder}/given.jsonl")
 
 
-def test_collected_entropies_equal_the_hf_models(base_model, tmp_path):
+@pytest.fixture(scope="module")
+def collected(base_model, tmp_path_factory):
+    from megatron_fork.data.prompt_sets import load_prompt_sets
+    from tests.support.tiny_run import DATA
+
+    folder = tmp_path_factory.mktemp("collect")
+    prompts = [example.prompt for example in load_prompt_sets(DATA).eval[:5]]
+    rows = [{"prompt": p, "response": r} for p, r in zip(prompts, RESPONSES, strict=False)]
+    rows.append({"prompt": prompts[0]})  # no response: skipped and counted
+    (folder / "given.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_distributed(_collect_worker, 1, str(base_model), str(folder), prompts)
+    return folder, prompts
+
+
+def _reference(model, prompt_ids, response):
+    """Independent: the HF model's log_softmax over the whole sequence, in float64."""
+    with torch.no_grad():
+        logits = model(torch.tensor([list(prompt_ids) + response])).logits[0].double()
+    log_probs = logits.log_softmax(-1)[len(prompt_ids) - 1 : -1]
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return log_probs.gather(-1, torch.tensor(response)[:, None])[:, 0], entropy
+
+
+def _check_against_hf(path, base_model, prompt_ids_of):
     from transformers import AutoModelForCausalLM
 
     from megatron_fork.analysis.token_table import read_token_table
-    from megatron_fork.data.prompt_sets import load_prompt_sets
     from megatron_fork.data.tokenizer import load_tokenizer
-    from tests.support.tiny_run import DATA
 
-    prompts = [example.prompt for example in load_prompt_sets(DATA).eval[:5]]
-    out = tmp_path / "tokens.parquet"
-    run_distributed(_collect_worker, 1, str(base_model), str(out), prompts)
-    table, metadata = read_token_table(out)
-    assert metadata["prompt_set"] == "synthetic eval" and metadata["prompts"] == 5
-    assert pq.ParquetFile(out).num_row_groups == 3  # 5 prompts in chunks of 2
-    assert table.num_rows > 0 and not (tmp_path / "tokens.parquet.tmp").exists()
-
+    table, _ = read_token_table(path)
     tokenizer = load_tokenizer(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model).eval()
     rows = table.to_pydict()
     for sample in sorted(set(rows["sample"])):
         index = [i for i, s in enumerate(rows["sample"]) if s == sample]
-        prompt = prompts[int(sample[1 : sample.index("#")])]
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        prompt_ids = prompt_ids_of(sample, tokenizer)
+        assert rows["prompt_ids"][index[0]] == list(prompt_ids)
+        assert rows["prompt"][index[0]] == tokenizer.decode(list(prompt_ids))
         response = [rows["token_id"][i] for i in index]
         assert [rows["position"][i] for i in index] == list(range(len(response)))
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt_ids + response])).logits[0].double()
-        log_probs = logits.log_softmax(-1)[len(prompt_ids) - 1 : -1]
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        chosen = log_probs.gather(-1, torch.tensor(response)[:, None])[:, 0]
+        chosen, entropy = _reference(model, prompt_ids, response)
         got_entropy = torch.tensor([rows["entropy"][i] for i in index], dtype=torch.float64)
         got_logprob = torch.tensor([rows["logprob"][i] for i in index], dtype=torch.float64)
         assert (got_entropy - entropy).abs().max() <= 1e-5, sample
         assert (got_logprob - chosen).abs().max() <= 1e-5, sample
         assert [rows["piece"][i] for i in index] == tokenizer.convert_ids_to_tokens(response)
+    return table
+
+
+def test_collected_entropies_equal_the_hf_models(collected, base_model):
+    from megatron_fork.analysis.token_table import read_metadata
+
+    folder, prompts = collected
+    out = folder / "tokens.parquet"
+    metadata = read_metadata(out)
+    assert metadata["prompt_set"] == "synthetic eval" and metadata["prompts"] == 5
+    assert metadata["samples"] == 10 and metadata["vocabulary"]["vocab_size"] == 23
+    assert pq.ParquetFile(out).num_row_groups == 3  # 5 prompts in chunks of 2
+    assert not (folder / "tokens.parquet.tmp").exists()
+
+    def prompt_of(sample, tokenizer):
+        return tokenizer.encode(prompts[int(sample[1 : sample.index("#")])])
+
+    table = _check_against_hf(out, base_model, prompt_of)
+    assert table.num_rows == metadata["tokens"] > 0
+
+
+def test_given_responses_are_scored_token_for_token(collected, base_model):
+    from megatron_fork.analysis.token_table import read_metadata, read_token_table
+
+    folder, prompts = collected
+    first, _ = read_token_table(folder / "tokens.parquet")
+    again, metadata = read_token_table(folder / "again.parquet")
+    assert metadata["given_by"] == str(base_model) and metadata["responses"].endswith(
+        "tokens.parquet"
+    )
+    assert again.select(["sample", "position", "token_id", "prompt_ids"]).equals(
+        first.select(["sample", "position", "token_id", "prompt_ids"])
+    )
+    assert pq.ParquetFile(folder / "again.parquet").num_row_groups == 3  # chunk for chunk
+    assert again.column("entropy").equals(first.column("entropy"))  # the same op, same tokens
+
+    text = folder / "text.parquet"
+    assert read_metadata(text)["samples"] == len(RESPONSES)  # the row without one skipped
+    table = _check_against_hf(text, base_model, lambda s, tok: tok.encode(prompts[int(s[1:]) - 1]))
+    rows = table.to_pydict()
+    first_text = [t for s, t in zip(rows["sample"], rows["text"], strict=True) if s == "r1"]
+    assert "".join(first_text) == RESPONSES[0]  # decoded pieces put back together
+
+
+def test_tensor_parallel_collect_equals_one_process(collected, base_model):
+    from megatron_fork.analysis.token_table import read_token_table
+
+    folder, prompts = collected
+    run_distributed(_collect_worker, 2, str(base_model), str(folder), prompts)
+    one, _ = read_token_table(folder / "tokens.parquet")
+    two, metadata = read_token_table(folder / "tp2.parquet")
+    assert metadata["parallel"]["tensor_parallel"] == 2
+    assert two.select(["sample", "token_id"]).equals(one.select(["sample", "token_id"]))
+    for column in ("entropy", "logprob"):
+        difference = torch.tensor(two.column(column).to_numpy()) - torch.tensor(
+            one.column(column).to_numpy()
+        )
+        assert difference.abs().max() <= 1e-5, column
+
+
+def _bad_inputs_worker(rank, world, base_model, folder):
+    from megatron_fork.analysis.collect import collect, collect_given
+    from tests.support.megatron_setup import init_megatron
+
+    init_megatron(seed=0)
+    with pytest.raises(ValueError, match=r"the prompt set is empty \(synthetic eval\)"):
+        collect(_config(base_model, f"{folder}/empty.parquet"), iter([]))
+    with pytest.raises(ValueError, match="the tokenizer has 27 tokens, the model's vocabulary 23"):
+        collect(_config(f"{folder}/mixed", f"{folder}/mixed.parquet"), ["1 2:"])
+    with pytest.raises(ValueError, match=f"{base_model} and {folder}/wide have different vocab"):
+        collect_given(_config(f"{folder}/wide", f"{folder}/w.parquet"), f"{folder}/t.parquet")
+    with pytest.raises(ValueError, match="no responses to score in .*none.jsonl.*missing_prompt"):
+        collect_given(_config(base_model, f"{folder}/n.parquet"), f"{folder}/none.jsonl")
+
+
+def test_bad_inputs_get_clear_errors(collected, base_model, tmp_path):
+    from megatron_fork.data.synthetic_task import TASK_SYMBOLS
+    from megatron_fork.data.tokenizer import build_and_save
+    from tests.support.hf_folders import write_hf_folder
+
+    folder, _ = collected
+    mixed = tmp_path / "mixed"  # the base model with a tokenizer of 4 more tokens
+    shutil.copytree(base_model, mixed)
+    build_and_save(mixed, symbols=(*TASK_SYMBOLS, "a", "b", "c", "d"))
+    write_hf_folder(tmp_path / "wide")  # a Qwen3 of 60 embedding rows, same tokenizer
+    shutil.copy(folder / "tokens.parquet", tmp_path / "t.parquet")
+    (tmp_path / "none.jsonl").write_text('{"response": "1"}\n')  # no prompt
+    run_distributed(_bad_inputs_worker, 1, str(base_model), str(tmp_path))
+    assert not list(tmp_path.glob("*.tmp"))

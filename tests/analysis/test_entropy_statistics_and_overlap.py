@@ -75,12 +75,13 @@ def test_report_folder_from_a_token_table(tmp_path):
     from types import SimpleNamespace
 
     from megatron_fork.analysis.entropy_report import write_entropy_report
-    from megatron_fork.analysis.token_table import TokenTableWriter
+    from megatron_fork.analysis.token_table import Detokenizer, TokenTableWriter
 
     pieces = ["the", "so", "wait", "the", "so", "x", "wait", "the", "so", "wait"]
-    sample = SimpleNamespace(request_id="p0#0", output_ids=tuple(range(10)))
+    sample = SimpleNamespace(request_id="p0#0", prompt_ids=(1,), output_ids=tuple(range(10)))
+    words = Detokenizer(lambda token: pieces[token], lambda ids: "".join(pieces[i] for i in ids))
     with TokenTableWriter(tmp_path / "t.parquet", {"model": "m", "temperature": 1.0}) as table:
-        table.write([sample], [(torch.zeros(10), ENTROPY)], lambda token: pieces[token])
+        table.write([sample], [(torch.zeros(10), ENTROPY)], words)
     out = write_entropy_report(tmp_path / "t.parquet", tmp_path / "report")
     numbers = json.loads((out / "stats.json").read_text())
     assert numbers["summary"]["tokens"] == 10
