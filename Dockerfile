@@ -1,36 +1,47 @@
-# The production image: NGC PyTorch (CUDA, torch, Transformer Engine, apex) + megatron-core +
-# NeMo-Run + this project for the trainer, and sglang in its own virtual environment: sglang
-# pins torch==2.11.0 from PyPI, which must not replace the base image's torch build.
-# Versions checked 2026-11-28 (README "Container"); the build stops if the base image's
-# Transformer Engine is outside what megatron-core 0.16.1 supports.
+# The production image: NGC PyTorch (CUDA, torch, NCCL, Transformer Engine, apex) +
+# megatron-core + NeMo-Run + this project for the trainer, and sglang in its own virtual
+# environment: sglang pins torch==2.11.0 from PyPI, which must not replace the base image's
+# torch build. Versions checked 2026-11-28 (README "Container"); the build stops if the base
+# image's Transformer Engine is outside what megatron-core 0.16.1 supports.
 #   docker build -t megatron-fork:0.1.0 .
 #   docker run --rm --gpus all megatron-fork:0.1.0          # smoke check (versions, recipes)
 ARG NGC_PYTORCH=nvcr.io/nvidia/pytorch:26.01-py3
 FROM ${NGC_PYTORCH}
 
 ARG SGLANG_VERSION=0.5.15.post1
+ARG VIRTUALENV_VERSION=21.15.11
 ARG TE_MIN_VERSION=2.9
 ARG TE_BELOW_VERSION=2.12
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# SGLANG_NCCL_LIBRARY: the engines preload the image's NCCL (recipes/engine_task.py), so both
+# ends of the trainer -> engines NCCL group run the same NCCL version.
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    SGLANG_PYTHON=/opt/sglang/bin/python
+    SGLANG_PYTHON=/opt/sglang/bin/python \
+    SGLANG_NCCL_LIBRARY=/usr/lib/x86_64-linux-gnu/libnccl.so.2
 
-# megatron-core 0.16.1 is verified with Transformer Engine >= 2.9, < 2.12.
-RUN python -c "import sys, transformer_engine as te; from packaging.version import Version as V; \
-v = V(te.__version__).release[:2]; \
-sys.exit(0 if V('${TE_MIN_VERSION}').release <= v < V('${TE_BELOW_VERSION}').release \
-else f'Transformer Engine {te.__version__} is outside [${TE_MIN_VERSION}, ${TE_BELOW_VERSION})')"
+# megatron-core 0.16.1 is verified with Transformer Engine >= 2.9, < 2.12 (read from the
+# package metadata: importing TE needs a GPU).
+RUN python -c "import sys; from importlib.metadata import version; \
+from packaging.version import Version as V; te = version('transformer_engine'); \
+ok = V('${TE_MIN_VERSION}') <= V(V(te).base_version) < V('${TE_BELOW_VERSION}'); \
+sys.exit(0 if ok else f'Transformer Engine {te} is outside [${TE_MIN_VERSION}, ${TE_BELOW_VERSION})')" \
+    && test -f "${SGLANG_NCCL_LIBRARY}"
 
-# The trainer's packages; the constraint keeps the base image's torch as it is.
+# The trainer's packages. NGC's own PIP_CONSTRAINT pins every preinstalled package; it is
+# replaced by one that keeps only the base image's GPU stack (torch, TE, apex, flash-attn,
+# triton, NVIDIA libraries) as it is.
 COPY requirements/container.txt /tmp/requirements.txt
-RUN pip list --format=freeze | grep -iE '^(torch|transformer[-_]engine)==' > /tmp/keep.txt \
-    && pip install --no-cache-dir -c /tmp/keep.txt -r /tmp/requirements.txt \
+RUN pip list --format=freeze \
+      | grep -iE '^(torch|transformer[-_]engine[-_a-z0-9]*|apex|flash[-_]attn|triton|nvidia-[-_a-z0-9]+)==' \
+      > /tmp/keep.txt \
+    && PIP_CONSTRAINT='' pip install --no-cache-dir -c /tmp/keep.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt /tmp/keep.txt
 
-# sglang with its own torch (NGC's PIP_CONSTRAINT would pin the base image's torch here).
-RUN python -m venv /opt/sglang \
+# sglang with its own torch (virtualenv brings its own pip: no ensurepip needed).
+RUN PIP_CONSTRAINT='' pip install --no-cache-dir "virtualenv==${VIRTUALENV_VERSION}" \
+    && python -m virtualenv /opt/sglang \
     && PIP_CONSTRAINT='' /opt/sglang/bin/pip install --no-cache-dir "sglang==${SGLANG_VERSION}"
 
 WORKDIR /opt/megatron-fork
@@ -40,9 +51,11 @@ COPY megatron_fork megatron_fork
 COPY recipes recipes
 COPY checkpoints_convert checkpoints_convert
 COPY tools tools
-# The project itself (its dependencies are installed above, pinned). A non-root user runs it.
+# The project itself (its dependencies are installed above, pinned), run by a non-root user
+# (uid 1000; Ubuntu 24.04 based images already have "ubuntu" there).
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --no-deps . \
+RUN PIP_CONSTRAINT='' pip install --no-cache-dir --no-deps . \
+    && (userdel --remove ubuntu 2>/dev/null || true) \
     && useradd --create-home --uid 1000 trainer
 USER 1000:1000
 WORKDIR /home/trainer

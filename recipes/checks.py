@@ -3,6 +3,8 @@ process count against TP x PP x CP, Megatron's divisibility rules against the mo
 (heads, kv heads, layers; the sequence against 2 x CP and TP with sequence parallel), sglang's
 against the engines, and the memory plan of the most loaded GPU."""
 
+from pathlib import PurePosixPath
+
 from megatron_fork.planning import (
     H100_80GB,
     QWEN3_SIZES,
@@ -13,6 +15,7 @@ from megatron_fork.planning import (
     check_layout,
     plan_memory,
 )
+from megatron_fork.trainer.train_batch import check_batch_layout
 from recipes.recipe import Recipe
 
 
@@ -45,6 +48,8 @@ def rollout_placement(recipe: Recipe) -> RolloutPlacement:
 
 
 def check_processes(recipe: Recipe) -> None:
+    """Ranks for the layout, engines per node, and every mini-batch splitting into whole
+    micro-batches on each data-parallel rank."""
     parallel, launch = recipe.config.parallel, recipe.launch
     if launch.world_size % parallel.model_parallel_size:
         raise ValueError(
@@ -60,6 +65,40 @@ def check_processes(recipe: Recipe) -> None:
         )
     if engines.nodes and recipe.config.rollout.engine != "server":
         raise ValueError("engine nodes need rollout.engine=server (sglang engines)")
+    config = recipe.config
+    rollout = config.rollout
+    check_batch_layout(
+        rollout.prompts_per_step * rollout.samples_per_prompt,
+        config.mini_batches_per_step,
+        config.micro_batch_size,
+        recipe.data_parallel,
+    )
+    if launch.context_tokens <= rollout.max_new_tokens:
+        raise ValueError(
+            f"launch.context_tokens={launch.context_tokens} must hold a prompt plus "
+            f"rollout.max_new_tokens={rollout.max_new_tokens}: raise it to the prompt cap + "
+            "max_new_tokens (the memory plan is made at this length)"
+        )
+
+
+def check_engines_exist(recipe: Recipe) -> None:
+    """A GPU recipe's rollouts need sglang engines: its own node group or ``server_urls``
+    (without either the trainer would start the project's CPU servers for a GPU model)."""
+    rollout = recipe.config.rollout
+    if rollout.engine == "server" and not recipe.launch.engines.nodes and not rollout.server_urls:
+        raise ValueError(
+            f"{recipe.name}: rollout.engine=server needs launch.engines.nodes > 0 or "
+            "rollout.server_urls (running sglang engines)"
+        )
+
+
+def check_fp8_edge_layers(recipe: Recipe, num_layers: int) -> None:
+    precision = recipe.config.precision
+    if precision.fp8 != "none" and 2 * precision.bf16_edge_layers >= num_layers:
+        raise ValueError(
+            f"precision.bf16_edge_layers={precision.bf16_edge_layers} at each end leaves no "
+            f"FP8 layer of {num_layers}: lower it"
+        )
 
 
 def check_recipe(recipe: Recipe, cluster: Cluster = H100_80GB) -> MemoryPlan | None:
@@ -74,4 +113,26 @@ def check_recipe(recipe: Recipe, cluster: Cluster = H100_80GB) -> MemoryPlan | N
     model, layout = QWEN3_SIZES[recipe.launch.model], training_layout(recipe)
     check_layout(model, layout)  # the model's own rules first: they name the real cause
     check_processes(recipe)
+    check_engines_exist(recipe)
+    check_fp8_edge_layers(recipe, model.num_layers)
     return plan_memory(model, layout, rollout_placement(recipe), cluster).require_fit()
+
+
+def check_paths_mounted(recipe: Recipe, mounts: tuple[str, ...]) -> None:
+    """The run's files must be on a mounted (shared) file system inside the container: else
+    checkpoints land in the container's throwaway file system and a requeue starts over."""
+    from megatron_fork.data.prompt_sets import SYNTHETIC
+
+    inside = [PurePosixPath(m.split(":")[1]) for m in mounts]
+    config = recipe.config
+    paths = {"base_model": config.base_model, "output_dir": config.output_dir}
+    paths.update({f"data.{k}": getattr(config.data, k) for k in ("train", "eval")})
+    for key, path in paths.items():
+        if path == SYNTHETIC:
+            continue
+        if not any(PurePosixPath(path).is_relative_to(m) for m in inside):
+            mounted = ", ".join(map(str, inside)) or "none"
+            raise ValueError(
+                f"{key}={path} is not under a container mount ({mounted}): add --mount "
+                "HOST_DIR:CONTAINER_DIR covering it, or override the path"
+            )

@@ -15,7 +15,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from recipes.checks import check_recipe
+from recipes.checks import check_paths_mounted, check_recipe
 from recipes.launch.slurm_options import SlurmOptions
 from recipes.recipe import Recipe
 from recipes.registry import RECIPES, build_recipe
@@ -67,6 +67,8 @@ def _checked(args) -> tuple[Recipe, SlurmOptions | None]:
         launch = dataclasses.replace(recipe.launch, train_nodes=1, gpus_per_node=args.nproc)
         recipe = dataclasses.replace(recipe, launch=launch)
     plan = check_recipe(recipe)
+    if options is not None:
+        check_paths_mounted(recipe, options.mounts)
     if plan is not None:
         print(plan.table(), file=sys.stderr)
     return recipe, options

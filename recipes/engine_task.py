@@ -2,14 +2,13 @@
 
     python -m recipes.engine_task <recipe> [section.field=value ...]
 
-Task i of a node (``SLURM_LOCALID``) serves on GPUs [i * TP, (i + 1) * TP) at port + i, bound
-to this node's address on the cluster network (the trainer runs on other nodes), with dummy
+Task i of a node (``SLURM_LOCALID``) serves on GPUs [i * TP, (i + 1) * TP) at port + i, on
+every interface of the node (the trainer runs on other nodes), with dummy
 weights the trainer's first sync replaces. The engine reads config and tokenizer from the base
 model's Hugging Face files (a Megatron checkpoint's ``hf/``); sglang runs in the interpreter
 ``SGLANG_PYTHON`` names (the container's sglang environment), else this one."""
 
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,11 @@ from megatron_fork.rollout.sglang_launch import (
 from megatron_fork.trainer.checkpoint import hf_metadata_dir
 from recipes.recipe import Recipe
 from recipes.registry import build_recipe
+
+ENGINE_BIND_HOST = "0.0.0.0"
+"""Engines serve the trainer's nodes over the cluster network; a node's own hostname may resolve
+to a loopback or another interface than the one the trainer reaches it by. Set SGLANG_API_KEY
+(``--env``) to require a key of every caller."""
 
 
 def engine_config(
@@ -52,15 +56,26 @@ def engine_config(
     )
 
 
+def engine_environment(environ) -> dict[str, str]:
+    """The engine's environment: with ``SGLANG_NCCL_LIBRARY`` (the container sets it), sglang's
+    torch loads the trainer's NCCL instead of its own wheel's, since the NCCL weight-update
+    group refuses members of different NCCL versions."""
+    env = dict(environ)
+    library = env.get("SGLANG_NCCL_LIBRARY")
+    if library:
+        env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD")) if p)
+    return env
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         raise SystemExit("usage: python -m recipes.engine_task <recipe> [section.field=value ...]")
     recipe = build_recipe(argv[0], argv[1:])
-    host = socket.gethostbyname(socket.gethostname())
-    config = engine_config(recipe, int(os.environ.get("SLURM_LOCALID", "0")), host)
+    config = engine_config(recipe, int(os.environ.get("SLURM_LOCALID", "0")), ENGINE_BIND_HOST)
     command = sglang_server_command(config)
-    os.execv(command[0], command)  # the Slurm task becomes the engine (signals reach it)
+    # The Slurm task becomes the engine (signals reach it).
+    os.execve(command[0], command, engine_environment(os.environ))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ DATA = DataConfig(train="/data/dapo-math-17k.parquet", eval="/data/aime-2024.par
 """DAPO-Math-17K and AIME'24 on a mounted file system (JSONL/JSON/parquet; the loaders' layouts)."""
 
 
+CHECKPOINT_EVERY = {"qwen3_8b": 2, "qwen3_14b": 2, "qwen3_32b": 1}
+"""Steps between checkpoints: about 45 minutes of the planner's step-time estimate, so a job
+requeued at its 4-hour limit loses under an hour (each checkpoint: weights + optimizer)."""
+
+
 def _paper_config(name: str, parallel: ParallelConfig) -> RLConfig:
     return RLConfig(
         base_model=f"/checkpoints/{name}_base_mcore",
@@ -53,8 +58,8 @@ def _paper_config(name: str, parallel: ParallelConfig) -> RLConfig:
         steps=1000,
         mini_batches_per_step=16,  # 512 prompts x 16 samples in mini-batches of 32 prompts
         micro_batch_size=1,  # one 22.5k-token row per micro-batch
-        checkpoint_every=10,
-        keep_checkpoints=3,
+        checkpoint_every=CHECKPOINT_EVERY[name],
+        keep_checkpoints=2,
         progress=False,  # logs to files on a cluster: JSONL + TensorBoard instead
         data=DATA,
         rollout=RolloutConfig(

@@ -41,8 +41,16 @@ def test_container_pins_are_exact_and_agree_with_the_cpu_environment():
         assert container[shared] == cpu[shared], shared
 
 
-def test_transformer_engine_range_is_megatron_cores():
-    assert (_arg("TE_MIN_VERSION"), _arg("TE_BELOW_VERSION")) == ("2.9", "2.12")
+def test_transformer_engine_range_is_the_one_megatron_core_declares():
+    from importlib.metadata import requires
+
+    te = [r for r in requires("megatron-core") if r.startswith("transformer-engine")]
+    assert te, "megatron-core no longer declares a Transformer Engine range"
+    bounds = te[0].split(";")[0].split("]")[-1]  # e.g. "<2.12.0,>=2.9.0a0"
+    upper = next(b for b in bounds.split(",") if b.startswith("<"))
+    lower = next(b for b in bounds.split(",") if b.startswith(">="))
+    assert upper.removeprefix("<").startswith(_arg("TE_BELOW_VERSION"))
+    assert lower.removeprefix(">=").startswith(_arg("TE_MIN_VERSION"))
 
 
 def test_the_image_runs_as_a_numeric_non_root_user_with_a_smoke_command():

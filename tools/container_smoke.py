@@ -1,7 +1,8 @@
 """The container's smoke check (``docker run --rm IMAGE``; on Slurm: ``srun --container-image
 IMAGE python /opt/megatron-fork/tools/container_smoke.py``): the pinned versions are the ones
 installed, the trainer's stack imports, sglang imports in its own environment, and every recipe
-passes its checks. Exit status 1 with the mismatches otherwise."""
+passes its checks, and the engines' torch loads the trainer's NCCL version. Exit status 1 with
+the mismatches otherwise."""
 
 import importlib.metadata as metadata
 import os
@@ -33,12 +34,28 @@ def version_problems(pins: dict[str, str]) -> list[str]:
     return problems
 
 
-def sglang_problem(expected: str) -> str | None:
+def _in_sglang_env(code: str) -> str | None:
+    """What ``code`` prints in the engines' interpreter, with the engines' environment."""
+    from recipes.engine_task import engine_environment
+
     python = os.environ.get("SGLANG_PYTHON", sys.executable)
-    code = "import importlib.metadata as m; print(m.version('sglang'))"
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
-    found = done.stdout.strip() if done.returncode == 0 else None
-    return None if found == expected else f"sglang in {python}: pinned {expected}, found {found}"
+    env = engine_environment(os.environ)
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def sglang_problem(expected: str) -> str | None:
+    found = _in_sglang_env("import importlib.metadata as m; print(m.version('sglang'))")
+    return None if found == expected else f"sglang: pinned {expected}, found {found}"
+
+
+def nccl_problem() -> str | None:
+    """Both ends of the trainer -> engines NCCL group must run one NCCL version."""
+    import torch
+
+    code = "import torch; print(torch.cuda.nccl.version())"
+    trainer, engines = str(torch.cuda.nccl.version()), _in_sglang_env(code)
+    return None if trainer == engines else f"NCCL: trainer {trainer}, engines {engines}"
 
 
 def main() -> None:
@@ -47,7 +64,7 @@ def main() -> None:
     from recipes.registry import RECIPES, build_recipe
 
     problems = version_problems(pinned(ROOT / "requirements" / "container.txt"))
-    problems.append(sglang_problem(SGLANG_VERSION))
+    problems += [sglang_problem(SGLANG_VERSION), nccl_problem()]
     for name in RECIPES:
         check_recipe(build_recipe(name))
     import torch

@@ -3,12 +3,13 @@ path: samples -> the trainer's micro-batches -> Megatron's forward-only schedule
 vocab-parallel log-prob/entropy op (any TP/PP; padding of the vocabulary left out)."""
 
 import torch
+from megatron.core.utils import get_model_config
 
 from megatron_fork.forking import ForkingLossConfig
 from megatron_fork.rollout.types import Sample
 from megatron_fork.trainer.actor_step import old_logprob_pass
 from megatron_fork.trainer.rollout_batch import samples_to_microbatches
-from megatron_fork.trainer.train_batch import step_seq_len
+from megatron_fork.trainer.train_batch import row_multiple, step_seq_len
 
 
 def score_samples(
@@ -28,7 +29,7 @@ def score_samples(
         samples,
         torch.zeros(len(samples)),
         list(range(len(samples))),
-        step_seq_len(samples, groups.cp_size),
+        step_seq_len(samples, row_multiple(get_model_config(model))),
         micro_batch_size,
         pad_id,
     )

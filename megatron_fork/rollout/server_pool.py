@@ -140,3 +140,22 @@ class ServerPool:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def wait_until_healthy(
+    urls: Sequence[str], timeout_s: float, api_key: str | None = None, poll_s: float = 2.0
+) -> None:
+    """Block until every server at ``urls`` answers ``/health_generate``: engines started
+    beside the trainer (sglang on a Slurm node group) load for minutes, and the first weight
+    sync must not race them. TimeoutError names the servers that never answered."""
+    waiting = list(urls)
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        waiting = [u for u in waiting if not ServerClient(u, api_key=api_key).healthy(poll_s)]
+        if waiting and time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"rollout servers not healthy after {timeout_s:.0f} s: {', '.join(waiting)} "
+                "(their logs say why; raise rollout.engine_startup_timeout_s if still loading)"
+            )
+        if waiting:
+            time.sleep(poll_s)

@@ -13,7 +13,11 @@ from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
 from megatron_fork.rewards.scorer import MathRewardScorer
 from megatron_fork.rollout.fp8 import BLOCK as FP8_BLOCK
 from megatron_fork.rollout.server_engine import ServerRolloutEngine
-from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
+from megatron_fork.rollout.server_pool import (
+    ServerPool,
+    cpu_server_command,
+    wait_until_healthy,
+)
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import SamplingParams
 from megatron_fork.trainer.checkpoint import hf_metadata_dir
@@ -114,7 +118,10 @@ def rollout_engine(config: RLConfig, hf_config, pad_id: int):
         return TorchRolloutEngine(model, rollout.engine_batch_size, pad_id, config.seed)
     pool = None
     urls = list(rollout.server_urls)
-    if not urls:
+    api_key = os.environ.get("SGLANG_API_KEY")
+    if urls:
+        wait_until_healthy(urls, rollout.engine_startup_timeout_s, api_key)
+    else:
         options = dict(
             load_format="dummy",
             max_batch_size=rollout.engine_batch_size,
@@ -134,5 +141,5 @@ def rollout_engine(config: RLConfig, hf_config, pad_id: int):
         backend=rollout.weight_backend,
         fp8_block=FP8_BLOCK if rollout.fp8 else None,
         tp_sizes=[rollout.server_tp_size if rollout.server_urls else 1] * len(urls),
-        api_key=os.environ.get("SGLANG_API_KEY"),
+        api_key=api_key,
     )

@@ -7,18 +7,20 @@ from megatron.core.distributed import DistributedDataParallelConfig
 
 from megatron_fork.trainer.rl_config import ParallelConfig, PrecisionConfig
 
-_RECOMPUTE = {
-    "none": {},
-    # The attention core (softmax(QK^T)V and its inputs) is recomputed: the 5as^2b term of
-    # Korthikanti et al. 2022, the part that grows with the square of the sequence.
-    "selective": {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]},
-    # Every layer keeps only its input; the backward reruns the layer's forward.
-    "full": {
-        "recompute_granularity": "full",
-        "recompute_method": "uniform",
-        "recompute_num_layers": 1,
-    },
-}
+
+def _recompute(parallel: ParallelConfig) -> dict:
+    if parallel.recompute == "selective":  # the listed modules of every layer
+        return {
+            "recompute_granularity": "selective",
+            "recompute_modules": list(parallel.recompute_modules),
+        }
+    if parallel.recompute == "full":  # every layer keeps its input; the backward reruns it
+        return {
+            "recompute_granularity": "full",
+            "recompute_method": "uniform",
+            "recompute_num_layers": 1,
+        }
+    return {}
 
 
 def needs_gpu(parallel: ParallelConfig, precision: PrecisionConfig) -> list[str]:
@@ -41,7 +43,7 @@ def params_dtype(precision: PrecisionConfig) -> torch.dtype:
 
 def transformer_options(parallel: ParallelConfig, precision: PrecisionConfig) -> dict:
     """Extra ``TransformerConfig`` fields (``build_gpt_model(transformer_options=...)``)."""
-    options = {"sequence_parallel": parallel.sequence_parallel, **_RECOMPUTE[parallel.recompute]}
+    options = {"sequence_parallel": parallel.sequence_parallel, **_recompute(parallel)}
     if precision.params == "bf16":
         options["bf16"] = True
     if precision.fp8 != "none":

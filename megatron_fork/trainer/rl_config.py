@@ -55,6 +55,9 @@ class RolloutConfig:
     engines run on other nodes)."""
     server_tp_size: int = 1
     """GPUs per engine at ``server_urls`` (each TP rank joins the weight-update group)."""
+    engine_startup_timeout_s: float = 1800.0
+    """How long the trainer waits for the servers at ``server_urls`` to become healthy before
+    the first weight sync (sglang engines load and capture CUDA graphs for minutes)."""
 
     def __post_init__(self):
         _require(self.engine in ("torch", "server"), "rollout.engine must be 'torch' or 'server'")
@@ -106,6 +109,8 @@ class OptimizerSettings:
 
 
 RECOMPUTE_CHOICES = ("none", "selective", "full")
+RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm", "moe_act", "shared_experts")
+"""Megatron-Core 0.16's selective recomputation modules for a dense model (and its MoE ones)."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,12 @@ class ParallelConfig:
     sequence_parallel: bool = False
     """Shards LayerNorm/dropout activations over the TP ranks (needs TP > 1)."""
     recompute: str = "none"
-    """Activation recomputation: "none"; "selective" (the attention core, Korthikanti et al.
-    2022); "full" (every layer keeps only its input and is recomputed in the backward)."""
+    """Activation recomputation: "none"; "selective" (the ``recompute_modules`` of every layer);
+    "full" (every layer keeps only its input and is recomputed in the backward)."""
+    recompute_modules: tuple[str, ...] = ("core_attn",)
+    """With recompute="selective", Megatron's ``recompute_modules``. "core_attn" (Korthikanti
+    et al. 2022) saves little when flash attention already avoids storing the scores (TE on
+    GPUs); "mlp" drops the SwiGLU block's activations, the largest part of a Qwen3 layer."""
     distributed_optimizer: bool = False
     """Shards the fp32 main weights and Adam states over the data-parallel ranks (ZeRO-1)."""
     vocab_multiple: int = 128
@@ -141,6 +150,11 @@ class ParallelConfig:
         _require(
             not self.sequence_parallel or self.tensor_parallel > 1,
             "parallel.sequence_parallel needs parallel.tensor_parallel > 1",
+        )
+        unknown = set(self.recompute_modules) - set(RECOMPUTE_MODULES)
+        _require(
+            not unknown,
+            f"parallel.recompute_modules: {sorted(unknown)} unknown, use {RECOMPUTE_MODULES}",
         )
 
     @property
@@ -181,6 +195,11 @@ class PrecisionConfig:
             "precision.fp8 needs precision.params=bf16 (FP8 GEMMs on bf16 master copies)",
         )
         _require(self.bf16_edge_layers >= 0, "precision.bf16_edge_layers must be >= 0")
+        _require(
+            not (self.fp8 != "none" and self.fp8_recipe == "delayed" and self.bf16_edge_layers),
+            "precision.fp8_recipe=delayed cannot keep edge layers in bf16 (Megatron refuses it):"
+            " set precision.bf16_edge_layers=0 or another recipe",
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import math
 
 import torch
 from megatron.core import parallel_state as ps
+from megatron.core.utils import get_model_config
 
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.parallel.groups import all_reduce_
@@ -26,16 +27,34 @@ from megatron_fork.trainer.step_metrics import combine_microbatch_metrics
 SEQ_LEN_MULTIPLE = 8
 
 
-def row_length(longest_sequence: int, cp_size: int = 1) -> int:
+FP8_ROWS_MULTIPLE = {"blockwise": 128}
+"""Local rows an FP8 GEMM input must divide by, per TE recipe (16 for the others): TE asserts
+FP8 inputs' dimensions divide by 8/16; blockwise scaling works on 128-row tiles (conservative)."""
+
+
+def row_multiple(config) -> int:
+    """What every row length must divide by for a model's ``TransformerConfig``: 8; 2 x CP
+    (Megatron's load-balanced CP split); TP x CP with sequence parallelism (each CP rank's
+    s / CP tokens are scattered over TP); with FP8 the local rows of a GEMM input (s / CP, and
+    / TP with sequence parallelism) times TE's FP8 row multiple."""
+    cp = config.context_parallel_size
+    tp = config.tensor_model_parallel_size if config.sequence_parallel else 1
+    multiple = math.lcm(SEQ_LEN_MULTIPLE, 2 * cp) if cp > 1 else SEQ_LEN_MULTIPLE
+    multiple = math.lcm(multiple, tp * cp)
+    if config.fp8:
+        multiple = math.lcm(multiple, FP8_ROWS_MULTIPLE.get(config.fp8_recipe, 16) * tp * cp)
+    return multiple
+
+
+def row_length(longest_sequence: int, multiple: int = SEQ_LEN_MULTIPLE) -> int:
     """Length of next-token rows for sequences of up to ``longest_sequence`` tokens (one less),
-    rounded up to a multiple of 8 and of 2 x CP (Megatron's load-balanced CP split)."""
-    multiple = math.lcm(SEQ_LEN_MULTIPLE, 2 * cp_size) if cp_size > 1 else SEQ_LEN_MULTIPLE
+    rounded up to ``multiple`` (``row_multiple``)."""
     return math.ceil((longest_sequence - 1) / multiple) * multiple
 
 
-def step_seq_len(samples: list[Sample], cp_size: int) -> int:
+def step_seq_len(samples: list[Sample], multiple: int) -> int:
     """Row length of the step: its longest prompt + response (``row_length``)."""
-    return row_length(max(len(s.prompt_ids) + len(s.output_ids) for s in samples), cp_size)
+    return row_length(max(len(s.prompt_ids) + len(s.output_ids) for s in samples), multiple)
 
 
 def check_batch_layout(
@@ -64,15 +83,16 @@ def mini_batch_shards(
     micro_batch_size: int,
     groups: LossGroups,
     pad_id: int,
+    multiple: int = SEQ_LEN_MULTIPLE,
 ) -> list[list[PolicyMicroBatch]]:
     """Per mini-batch, this rank's micro-batch CP shards, on this rank's device. Mini-batch
     ``m`` is the ``m``-th contiguous slice of the samples; DP rank ``d`` takes the ``d``-th
-    slice of it."""
+    slice of it. Rows are padded to a multiple of ``multiple`` (``row_multiple``)."""
     dp_size, dp_rank = groups.dp_size, ps.get_data_parallel_rank()
     check_batch_layout(len(samples), num_mini_batches, micro_batch_size, dp_size)
     per_mini = len(samples) // num_mini_batches
     rows = per_mini // dp_size
-    seq_len = step_seq_len(samples, groups.cp_size)
+    seq_len = step_seq_len(samples, multiple)
     out = []
     for m in range(num_mini_batches):
         start = m * per_mini + dp_rank * rows
@@ -131,8 +151,9 @@ def train_on_samples(
     ``num_mini_batches`` optimizer steps. Returns the step's metrics on the last pipeline stage
     (None elsewhere). A mini-batch of filler rows only is skipped: no forward, no optimizer
     step (Adam's momentum would still move the weights)."""
+    multiple = row_multiple(get_model_config(actor.model))
     mini_batches = mini_batch_shards(
-        samples, advantages, trainable, num_mini_batches, micro_batch_size, groups, pad_id
+        samples, advantages, trainable, num_mini_batches, micro_batch_size, groups, pad_id, multiple
     )
     per_mini = len(samples) // num_mini_batches
     trained = [any(trainable[m * per_mini : (m + 1) * per_mini]) for m in range(num_mini_batches)]

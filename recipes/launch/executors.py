@@ -17,6 +17,15 @@ ENGINE_HOSTS_LINE = (
     "| paste -sd, -)"
 )
 """The engine group's hosts, for ``recipes.train`` (set before the tasks start)."""
+REQUEUE_SIGNAL = "B:USR1@300"
+"""Slurm sends USR1 to the batch script 5 minutes before the time limit ..."""
+REQUEUE_ON_SIGNAL_LINE = (
+    'trap \'echo "time limit near: requeueing $SLURM_JOB_ID"; '
+    'scontrol requeue "$SLURM_JOB_ID"\' USR1'
+)
+"""... and the script requeues the job: the run resumes from its latest checkpoint (a job that
+hits its limit is otherwise ended, not requeued). The trap runs within a minute (the script
+waits in ``wait`` or in the monitor loop's ``sleep 60``)."""
 
 
 def _env(options: SlurmOptions, base: dict[str, str]) -> dict[str, str]:
@@ -43,6 +52,8 @@ def _slurm_executor(
         packager=packager,
     )
     executor.retries = options.retries
+    executor.signal = REQUEUE_SIGNAL
+    executor.setup_lines = REQUEUE_ON_SIGNAL_LINE
     return executor
 
 
@@ -53,6 +64,6 @@ def slurm_executors(recipe: Recipe, options: SlurmOptions) -> list[run.SlurmExec
     trainer = _slurm_executor(recipe, options, launch.train_nodes, 1, TRAINER_ENV)
     if not launch.engines.nodes:
         return [trainer]
-    trainer.setup_lines = ENGINE_HOSTS_LINE
+    trainer.setup_lines = "\n".join([REQUEUE_ON_SIGNAL_LINE, ENGINE_HOSTS_LINE])
     engines = _slurm_executor(recipe, options, launch.engines.nodes, launch.engines_per_node, {})
     return [trainer, engines]

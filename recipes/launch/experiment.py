@@ -1,6 +1,9 @@
 """A recipe as a NeMo-Run experiment: submitted, run locally, or (dry run) the sbatch script
 it would submit."""
 
+import contextlib
+import sys
+
 import nemo_run as run
 
 from recipes.launch.executors import slurm_executors
@@ -20,8 +23,12 @@ def _add_slurm_job(experiment, recipe: Recipe, name: str, overrides: list[str], 
 
 
 def slurm_sbatch_script(recipe: Recipe, name: str, overrides: list[str], options) -> str:
-    """The sbatch script NeMo-Run would submit for the recipe (nothing is submitted)."""
-    with run.Experiment(f"{name}-dryrun", log_level="WARN") as experiment:
+    """The sbatch script NeMo-Run would submit for the recipe (nothing is submitted). NeMo-Run's
+    own messages go to stderr, so ``--dryrun > job.sbatch`` is the script alone."""
+    with (
+        contextlib.redirect_stdout(sys.stderr),
+        run.Experiment(f"{name}-dryrun", log_level="WARN") as experiment,
+    ):
         _add_slurm_job(experiment, recipe, name, overrides, options)
         experiment.dryrun(log=False)
         job = experiment.jobs[0]

@@ -15,17 +15,24 @@ from recipes.registry import build_recipe
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 SLURM_ARGS = ["--executor", "slurm", "--account", "acct", "--partition", "batch"]
-SLURM_ARGS += ["--container-image", "/lustre/img/mf.sqsh", "--mount", "/lustre:/lustre"]
+SLURM_ARGS += ["--container-image", "/lustre/img/mf.sqsh"]
+MOUNTS = ["/lustre/ckpt:/checkpoints", "/lustre/results:/results", "/lustre/data:/data"]
+for mount in MOUNTS:
+    SLURM_ARGS += ["--mount", mount]
+
+
+def _dryrun(tmp_path, name: str, *arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "recipes", name, *arguments, *SLURM_ARGS, "--dryrun"]
+    command += ["--job-dir", str(tmp_path / "jobs")]
+    env = {**ENV, "NEMORUN_HOME": str(tmp_path / "nemo_home")}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _sbatch(tmp_path, name: str, *overrides: str) -> str:
-    command = [sys.executable, "-m", "recipes", name, *overrides, *SLURM_ARGS, "--dryrun"]
-    command += ["--job-dir", str(tmp_path / "jobs")]
-    env = {**ENV, "NEMORUN_HOME": str(tmp_path / "nemo_home")}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = _dryrun(tmp_path, name, *overrides)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not list((tmp_path / "jobs").rglob("*.sqsh"))  # nothing packaged or submitted
-    return done.stdout[done.stdout.index("#!/bin/bash") :]
+    assert done.stdout.startswith("#!/bin/bash\n")  # the script alone: `> job.sbatch` works
+    return done.stdout
 
 
 def _groups(script: str) -> list[dict[str, str]]:
@@ -71,16 +78,22 @@ def test_dryrun_sbatch_has_the_recipe_node_groups_and_commands(tmp_path, name):
     assert trainer["ntasks-per-node"] == "1"  # one torchrun per node
     assert engines["ntasks-per-node"] == str(8 // launch.engines.tensor_parallel)
     assert trainer["account"] == "acct" and trainer["partition"] == "batch"
-    assert "ENGINE_NODES=$(scontrol show hostnames" in script  # engine hosts for the trainer
+    # Five minutes before the time limit Slurm signals the script, which requeues the job.
+    assert trainer["signal"] == engines["signal"] == "B:USR1@300"
+    lines = script.splitlines()
+    assert any(line.startswith("trap ") and "scontrol requeue" in line for line in lines)
+    engine_hosts = 'scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_1" | paste -sd, -'
+    assert f"export ENGINE_NODES=$({engine_hosts})" in lines  # engine hosts, for the trainer
 
     runs = _sruns(script)
     assert set(runs) == {0, 1}
     for options, _ in runs.values():
         assert options["container-image"] == "/lustre/img/mf.sqsh"
-        assert "/lustre:/lustre" in options["container-mounts"].split(",")
+        assert set(MOUNTS) <= set(options["container-mounts"].split(","))
     torchrun = runs[0][1]
     assert torchrun[:3] == ["python", "-m", "torch.distributed.run"]
     assert f"--nnodes={launch.train_nodes}" in torchrun and "--nproc-per-node=8" in torchrun
+    assert "--rdzv-endpoint=$head_node:29500" in torchrun  # the first trainer node, by name
     assert torchrun[torchrun.index("-m", 3) :] == [
         "-m",
         "recipes.train",
@@ -95,6 +108,12 @@ def test_a_recipe_without_engines_is_one_node_group(tmp_path):
     (trainer,) = _groups(script)
     assert trainer["nodes"] == "8" and "hetjob" not in script
     assert set(_sruns(script)) == {0}
+
+
+def test_paths_outside_the_mounts_are_refused_before_launch(tmp_path):
+    done = _dryrun(tmp_path, "qwen3_8b", "output_dir=/scratch/run")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "output_dir=/scratch/run is not under a container mount" in done.stderr
 
 
 def test_tiny_recipe_runs_to_completion_through_nemo_run_local_executor(base_model, tmp_path):

@@ -4,6 +4,7 @@ sequence, a layout that does not fit 80 GB) fail before anything is launched, wi
 naming the cause."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -60,6 +61,10 @@ def test_overrides_reach_the_run_config_and_the_launch_spec():
             ValueError,
             "tensor_parallel=3 must divide the 8 GPUs",
         ),
+        (["launch.train_nodes=12"], ValueError, "must split into 3 data-parallel slices"),
+        (["launch.engines.nodes=0"], ValueError, "needs launch.engines.nodes > 0"),
+        (["launch.context_tokens=20480"], ValueError, "must hold a prompt plus"),
+        (["precision.bf16_edge_layers=32"], ValueError, "leaves no FP8 layer of 64"),
     ],
 )
 def test_bad_overrides_fail_with_the_cause(overrides, error, message):
@@ -104,6 +109,7 @@ def test_the_trainer_finds_the_engines_of_its_job():
         for i in range(4)  # 8 GPUs / TP 2
     )
     assert rollout.server_tp_size == 2 and rollout.weight_backend == "nccl"
+    assert rollout.master_address == socket.gethostname()  # rank 0 hosts the update group
     with pytest.raises(SystemExit, match="expected the 2 engine hosts"):
         with_engines_of_this_job(recipe, {"ENGINE_NODES": "gpu-a"})
 
@@ -141,3 +147,11 @@ def test_fp8_engines_read_a_config_with_the_blockwise_quantization(tmp_path):
     assert written["quantization_config"]["weight_block_size"] == [128, 128]
     assert written["quantization_config"]["quant_method"] == "fp8"
     assert (model / "tokenizer.json").read_text() == "{}"
+
+
+def test_engines_load_the_trainers_nccl_when_the_container_names_it():
+    from recipes.engine_task import engine_environment
+
+    env = engine_environment({"SGLANG_NCCL_LIBRARY": "/usr/lib/libnccl.so.2", "LD_PRELOAD": "x"})
+    assert env["LD_PRELOAD"] == "/usr/lib/libnccl.so.2:x"
+    assert "LD_PRELOAD" not in engine_environment({"PATH": "/bin"})

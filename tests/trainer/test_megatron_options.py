@@ -98,3 +98,80 @@ def _refusal_worker(rank, world):
 
 def test_gpu_only_features_are_refused_on_cpu_by_name():
     run_distributed(_refusal_worker, 1)
+
+
+def _transformer_config(parallel: ParallelConfig, precision: PrecisionConfig):
+    """Megatron's own TransformerConfig validation on the settings (no GPU needed to build it)."""
+    from megatron.core.transformer import TransformerConfig
+
+    return TransformerConfig(
+        num_layers=8,
+        hidden_size=256,
+        num_attention_heads=8,
+        num_query_groups=8,
+        tensor_model_parallel_size=parallel.tensor_parallel,
+        pipeline_model_parallel_size=parallel.pipeline_parallel,
+        context_parallel_size=parallel.context_parallel,
+        params_dtype=torch.bfloat16 if precision.params == "bf16" else torch.float32,
+        **transformer_options(parallel, precision),
+    )
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+@pytest.mark.parametrize("fp8_recipe", ["blockwise", "tensorwise", "mxfp8", None])
+def test_megatron_accepts_every_allowed_combination(recompute, fp8_recipe):
+    parallel = ParallelConfig(
+        tensor_parallel=2, context_parallel=2, sequence_parallel=True, recompute=recompute
+    )
+    fp8 = {"fp8": "e4m3", "fp8_recipe": fp8_recipe} if fp8_recipe else {}
+    config = _transformer_config(parallel, PrecisionConfig(params="bf16", **fp8))
+    assert config.recompute_granularity == (None if recompute == "none" else recompute)
+    assert config.fp8 == ("e4m3" if fp8_recipe else None)
+
+
+def test_delayed_scaling_needs_no_bf16_edge_layers():
+    with pytest.raises(ValueError, match="fp8_recipe=delayed cannot keep edge layers"):
+        PrecisionConfig(params="bf16", fp8="hybrid", fp8_recipe="delayed")
+    precision = PrecisionConfig(
+        params="bf16", fp8="hybrid", fp8_recipe="delayed", bf16_edge_layers=0
+    )
+    assert _transformer_config(ParallelConfig(), precision).fp8_recipe == "delayed"
+
+
+def test_selective_recompute_takes_the_listed_modules():
+    parallel = ParallelConfig(recompute="selective", recompute_modules=("mlp", "core_attn"))
+    assert _transformer_config(parallel, PrecisionConfig()).recompute_modules == [
+        "mlp",
+        "core_attn",
+    ]
+    with pytest.raises(ValueError, match="recompute_modules"):
+        ParallelConfig(recompute="selective", recompute_modules=("attention",))
+
+
+@pytest.mark.parametrize(
+    ("tp", "cp", "sp", "fp8_recipe"),
+    [
+        (1, 1, False, None),
+        (2, 2, True, None),
+        (8, 2, True, None),
+        (2, 2, True, "blockwise"),
+        (8, 2, True, "tensorwise"),
+        (4, 1, False, "blockwise"),
+    ],
+)
+def test_rows_meet_megatron_and_te_divisibility_rules_at_every_length(tp, cp, sp, fp8_recipe):
+    """Megatron: a CP split needs s % (2 CP) == 0, sequence parallelism (s / CP) % TP == 0; TE:
+    an FP8 GEMM's local rows (s / CP, / TP with SP) divide by 16 (128 for blockwise tiles)."""
+    from megatron_fork.trainer.train_batch import row_length, row_multiple
+
+    parallel = ParallelConfig(tensor_parallel=tp, context_parallel=cp, sequence_parallel=sp)
+    fp8 = {"fp8": "e4m3", "fp8_recipe": fp8_recipe} if fp8_recipe else {}
+    config = _transformer_config(parallel, PrecisionConfig(params="bf16", **fp8))
+    multiple = row_multiple(config)
+    for longest in range(1000, 1300):
+        rows = row_length(longest, multiple)
+        assert longest - 1 <= rows < longest - 1 + multiple and rows % 8 == 0
+        assert cp == 1 or rows % (2 * cp) == 0
+        local = rows // cp // (tp if sp else 1)
+        assert not sp or (rows // cp) % tp == 0
+        assert not fp8_recipe or local % (128 if fp8_recipe == "blockwise" else 16) == 0
