@@ -29,6 +29,7 @@ def training_layout(recipe: Recipe) -> TrainingLayout:
         data_parallel=max(recipe.data_parallel, 1),
         sequence_parallel=parallel.sequence_parallel,
         recompute=parallel.recompute,
+        recompute_modules=parallel.recompute_modules,
         distributed_optimizer=parallel.distributed_optimizer,
         fp8=recipe.config.precision.fp8 != "none",
         micro_batch_size=recipe.config.micro_batch_size,

@@ -55,7 +55,11 @@ def _workload(recipe, args) -> Workload:
 
 def main(argv=None) -> None:
     args = _args(argv)
-    recipe = build_recipe(args.recipe, args.overrides)
+    try:
+        recipe = build_recipe(args.recipe, args.overrides)
+    except (KeyError, TypeError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise SystemExit(f"plan: error: {message}") from None
     launch = recipe.launch
     cluster = dataclasses.replace(
         H100_80GB,
@@ -70,6 +74,8 @@ def main(argv=None) -> None:
     except LayoutDoesNotFit as refused:
         print(refused, file=sys.stderr)
         raise SystemExit(2) from None
+    except ValueError as error:
+        raise SystemExit(f"plan: error: {error}") from None
     model = QWEN3_SIZES[launch.model]
     layout, engines = training_layout(recipe), rollout_placement(recipe)
     times = estimate_step_time(model, layout, engines, cluster, _workload(recipe, args))
