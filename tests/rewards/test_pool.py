@@ -33,3 +33,40 @@ def test_a_shared_crash_is_blamed_on_the_culprit_only():
         outcomes = pool.run(_echo_or_die, [("die",), ("a",), ("b",), ("c",)])
     assert outcomes[0].kind == "error" and "worker died" in outcomes[0].error
     assert [(o.kind, o.value) for o in outcomes[1:]] == [("ok", "a"), ("ok", "b"), ("ok", "c")]
+
+
+_OWNER = """
+import os, sys, time
+from megatron_fork.rewards.pool import TimeLimitedPool
+pool = TimeLimitedPool(num_workers=2, time_limit_s=5.0)
+print(*[p.pid for p in pool._executor._processes.values()], flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_exit_when_their_owner_is_killed():
+    """SIGKILL gives the owner no chance to stop its pool: the workers notice and exit."""
+    import signal
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    finally:
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
