@@ -48,10 +48,12 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
-def _exit_when_parent_dies(parent_pid: int, poll_s: float = 1.0) -> None:
+def _exit_when_parent_dies(poll_s: float = 1.0) -> None:
     """A worker whose parent was killed (SIGKILL leaves no time to stop the pool) exits within
-    ``poll_s`` instead of lingering as an orphan. Polled from a thread: the parent-death signal
-    of prctl would fire when the parent's spawning *thread* ends, which may be any thread."""
+    ``poll_s`` instead of lingering as an orphan (start method "spawn"; under "forkserver" the
+    parent is the fork server, which may outlive the owner). Polled from a thread: prctl's
+    parent-death signal would fire when the parent's spawning *thread* ends, any thread."""
+    parent_pid = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -61,9 +63,9 @@ def _exit_when_parent_dies(parent_pid: int, poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _initialize_worker(barrier, initializer, timeout_s: float, parent_pid: int) -> None:
+def _initialize_worker(barrier, initializer, timeout_s: float) -> None:
     """Run the caller's initializer, then wait for every other worker to be ready too."""
-    _exit_when_parent_dies(parent_pid)
+    _exit_when_parent_dies()
     if initializer is not None:
         initializer()
     barrier.wait(timeout_s)
@@ -113,7 +115,7 @@ class TimeLimitedPool:
             max_workers=self.num_workers,
             mp_context=self._context,
             initializer=_initialize_worker,
-            initargs=(barrier, self._initializer, self.startup_timeout_s, os.getpid()),
+            initargs=(barrier, self._initializer, self.startup_timeout_s),
         )
         # One submit per worker: with spawn/forkserver each submit that finds no idle worker
         # starts a new one, so this starts them all; the barrier holds every worker until all

@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from megatron_fork.rewards.pool import TimeLimitedPool
 
 
@@ -38,21 +40,26 @@ def test_a_shared_crash_is_blamed_on_the_culprit_only():
 _OWNER = """
 import os, sys, time
 from megatron_fork.rewards.pool import TimeLimitedPool
-pool = TimeLimitedPool(num_workers=2, time_limit_s=5.0)
+pool = TimeLimitedPool(num_workers=2, time_limit_s=5.0, start_method=sys.argv[1])
 print(*[p.pid for p in pool._executor._processes.values()], flush=True)
 time.sleep(600)
 """
 
 
-def test_workers_exit_when_their_owner_is_killed():
-    """SIGKILL gives the owner no chance to stop its pool: the workers notice and exit."""
+@pytest.mark.parametrize("start_method", ["spawn"])
+def test_workers_exit_when_their_owner_is_killed(start_method):
+    """SIGKILL gives the owner no chance to stop its pool: the workers notice and exit (and
+    live while it does). With "forkserver" their parent is the fork server, which here outlives
+    a SIGKILLed owner: those workers stay (the config's default is "spawn")."""
     import signal
     import subprocess
     import sys
 
-    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", _OWNER, start_method]
+    owner = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         workers = [int(pid) for pid in owner.stdout.readline().split()]
+        time.sleep(2.5)  # more than the workers' poll interval
         assert len(workers) == 2 and all(_alive(pid) for pid in workers)
     finally:
         os.kill(owner.pid, signal.SIGKILL)
