@@ -5,7 +5,7 @@ Usage:
   .venv/bin/python tools/entropy_report.py --base runs/demo/base_model \\
       --rl runs/demo/run/checkpoints/step_00000060 --out runs/entropy_report \\
       [--checkpoints D1 D2 ...] [--prompts 64] [--prompt-file F.jsonl] [--max-new-tokens 48]
-      [--t-high 0.6 1.0 1.4] [--t-low 0.6 1.0 1.4] [--threshold X] [--sweep-k 4]
+      [--rho 0.2] [--t-high 0.6 1.0 1.4] [--t-low 0.6 1.0 1.4] [--threshold X] [--sweep-k 4]
       [--sweep-prompts 64] [--sweep-on base|rl] [--no-sweep] [--tp 1]
 
 Models are Hugging Face folders or Megatron checkpoints. Writes per-model statistics and plots,
@@ -14,7 +14,11 @@ responses rendered by entropy (HTML + PNG), the evolution under RL on the base's
 ``report.md`` (see megatron_fork/analysis/analysis_report.py). Without --rl: the base alone.
 Prompts: the synthetic task's held-out set, or --prompt-file (JSONL/JSON/parquet rows with a
 "prompt" field; gold answers, for the sweep, as in AIME-style files). With --tp N, launch under
-``torchrun --nproc-per-node N``: the models are sharded over TP, rank 0 writes.
+``torchrun --nproc-per-node N``: the models are sharded over TP, rank 0 writes. --rho is the
+trainer's loss.rho: the share of tokens that are forking tokens (0.2 = the top 20%, exactly
+ceil(0.2 * N) of N tokens), for the statistics, overlaps and the sweep's threshold. Bad settings
+(a model that does not open, another vocabulary, no prompt, a sweep without gold answers or with
+a threshold from entropies at T != 1) are refused before any model loads.
 """
 
 import argparse
@@ -34,7 +38,9 @@ def parse_args():
     p.add_argument("--prompt-file", default="synthetic", help='a prompt file, or "synthetic"')
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--rho", type=float, default=0.8, help="forking = top 1 - rho by entropy")
+    p.add_argument(
+        "--rho", type=float, default=0.2, help="forking tokens = the top rho by entropy (<= 0.5)"
+    )
     p.add_argument("--t-high", type=float, nargs="+", default=[0.6, 1.0, 1.4])
     p.add_argument("--t-low", type=float, nargs="+", default=[0.6, 1.0, 1.4])
     p.add_argument("--threshold", type=float, help="fixed entropy threshold of the sweep")
@@ -47,28 +53,38 @@ def parse_args():
     return p.parse_args()
 
 
-def main() -> None:
-    from megatron_fork.analysis.analysis_report import AnalysisConfig, write_analysis
+def build_config(args):
+    """The analysis settings of the command line (ValueError for a bad one)."""
+    from megatron_fork.analysis.analysis_report import AnalysisConfig
     from megatron_fork.analysis.temperature_sweep import SweepConfig
-    from megatron_fork.parallel.rank0 import is_rank0
-    from megatron_fork.trainer.actor import init_parallel, shutdown_parallel
     from megatron_fork.trainer.rl_config import ParallelConfig
 
-    args = parse_args()
-    start = time.perf_counter()
     sweep = SweepConfig(
         high_temperatures=tuple(args.t_high), low_temperatures=tuple(args.t_low),
         threshold=args.threshold, rho=args.rho, samples_per_prompt=args.sweep_k,
         max_prompts=args.sweep_prompts, max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
-    parallel = ParallelConfig(tensor_parallel=args.tp)
-    config = AnalysisConfig(
+    return AnalysisConfig(
         base=args.base, out=args.out, rl=args.rl, checkpoints=tuple(args.checkpoints),
         prompt_set=args.prompt_file, prompts=args.prompts, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, rho=args.rho, seed=args.seed,
-        sweep=None if args.no_sweep else sweep, sweep_model=args.sweep_on, parallel=parallel,
+        sweep=None if args.no_sweep else sweep, sweep_model=args.sweep_on,
+        parallel=ParallelConfig(tensor_parallel=args.tp),
     )  # fmt: skip
-    init_parallel(parallel, args.seed)
+
+
+def main() -> None:
+    from megatron_fork.analysis.analysis_report import write_analysis
+    from megatron_fork.parallel.rank0 import is_rank0
+    from megatron_fork.trainer.actor import init_parallel, shutdown_parallel
+
+    args = parse_args()
+    start = time.perf_counter()
+    try:
+        config = build_config(args)
+    except ValueError as error:  # one line, before anything starts
+        raise SystemExit(f"entropy_report: {error}") from None
+    init_parallel(config.parallel, args.seed)
     try:
         out = write_analysis(config)
         rank0 = is_rank0()

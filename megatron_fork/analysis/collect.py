@@ -6,12 +6,15 @@ file of prompt/response rows).
 
 Collective: every process of the run calls it (one process, or torchrun with
 ``parallel.tensor_parallel`` ranks: the model is sharded over TP). Prompts and responses are read
-and generated on global rank 0 and sent to the others a chunk at a time; rank 0 writes. Memory
-is bounded by ``chunk_prompts``: the prompt stream is pulled one chunk ahead, never whole."""
+and generated on global rank 0 and sent to the others a chunk at a time; rank 0 writes, each
+chunk through ``from_rank0``, so an error there (an unwritable folder) is raised on every rank.
+Memory is bounded by ``chunk_prompts``: the prompt stream is pulled one chunk ahead, never whole.
+The metadata's ``weight_version`` is the scoring checkpoint's training step (None for a Hugging
+Face folder or a converted checkpoint)."""
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -21,9 +24,11 @@ from megatron_fork.analysis.given_responses import samples_from_file, samples_fr
 from megatron_fork.analysis.model_source import (
     AnalysisModel,
     check_same_vocabulary,
+    checkpoint_step,
     open_model,
     read_vocabulary,
 )
+from megatron_fork.analysis.rank0_objects import made_on_rank0
 from megatron_fork.analysis.token_scores import score_samples
 from megatron_fork.analysis.token_table import Detokenizer, TokenTableWriter, read_metadata
 from megatron_fork.data.report import LoadReport
@@ -56,13 +61,19 @@ class CollectConfig:
     """TP layout of the scoring model (must match the initialised parallel state; PP = 1)."""
 
 
-def collect(config: CollectConfig, prompts: Iterable[str]) -> Path:
+def collect(
+    config: CollectConfig, prompts: Iterable[str], report: LoadReport | None = None
+) -> Path:
     """Generate ``samples_per_prompt`` responses per prompt, score and write them. ``prompts``
-    is read on rank 0 only (lazily). Returns the table's path."""
+    is read on rank 0 only (lazily); ``report``: the load report of the file they are read from
+    (its skipped rows are named if none is left). Returns the table's path."""
     chunks = _chunks(prompts, config.chunk_prompts) if is_rank0() else iter(())
     pending = [from_rank0(lambda: next(chunks, None))]  # an empty set fails before any loading
     if pending[0] is None:
-        raise ValueError(f"collect: the prompt set is empty ({config.prompt_set or 'unnamed'})")
+        skipped = from_rank0(lambda: f"; {report.summary()}" if report is not None else "")
+        raise ValueError(
+            f"collect: the prompt set is empty ({config.prompt_set or 'unnamed'}){skipped}"
+        )
     analysis = _open(config)
     engine = analysis.rollout_engine()
     counts = {"prompts": 0}
@@ -74,7 +85,7 @@ def collect(config: CollectConfig, prompts: Iterable[str]) -> Path:
         counts["prompts"] += len(chunk)
         return engine.generate(_requests(config, analysis, chunk))
 
-    metadata = {"responses": "generated", "weight_version": engine.version if engine else 0}
+    metadata = {"responses": "generated", "weight_version": checkpoint_step(config.model)}
     return _score_and_write(config, analysis, next_samples, metadata, counts)
 
 
@@ -98,7 +109,7 @@ def collect_given(config: CollectConfig, responses: str | Path) -> Path:
             if given is not None
             else samples_from_file(responses, analysis.tokenizer, report, config.chunk_prompts)
         )
-    metadata = {"responses": str(responses), "weight_version": -1}
+    metadata = {"responses": str(responses), "weight_version": checkpoint_step(config.model)}
     if given is not None:
         metadata.update(given_by=given["model"], prompt_set=given.get("prompt_set", ""))
     try:
@@ -137,25 +148,34 @@ def _open(config: CollectConfig) -> AnalysisModel:
 def _score_and_write(
     config: CollectConfig, analysis: AnalysisModel, next_samples: Callable, metadata, counts
 ) -> Path:
-    """Pull sample chunks from rank 0 until None; every rank scores, rank 0 writes."""
+    """Pull sample chunks from rank 0 until None; every rank scores, rank 0 writes (each step
+    through ``from_rank0``: its errors are raised on every rank)."""
     groups = LossGroups.from_parallel_state()
     detokenizer = Detokenizer.of(analysis.tokenizer)
     metadata = {**asdict(config), "vocabulary": analysis.vocabulary, **metadata}
-    writer = TokenTableWriter(config.out, metadata) if is_rank0() else None
+    writer = made_on_rank0(lambda: TokenTableWriter(config.out, metadata))  # None off rank 0
     scored = 0
-    with writer or nullcontext():
+    try:
         while (samples := from_rank0(next_samples)) is not None:
             scores = score_samples(
                 analysis.model, samples, analysis.hf_config.vocab_size, groups,
                 config.micro_batch_size, analysis.ids.pad, config.temperature,
             )  # fmt: skip
             scored += len(samples)
-            if writer is not None:
-                writer.write(samples, scores, detokenizer)
-                writer.metadata.update(counts)
+            from_rank0(partial(_write_chunk, writer, samples, scores, detokenizer, counts))
         if scored == 0:  # on every rank; the unfinished table is removed
             raise ValueError(f"collect: no responses to score in {metadata['responses']}")
-    return Path(config.out)
+        from_rank0(lambda: writer.close())
+        return Path(config.out)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+
+
+def _write_chunk(writer: TokenTableWriter, samples, scores, detokenizer, counts) -> None:
+    writer.write(samples, scores, detokenizer)
+    writer.metadata.update(counts)
 
 
 def _chunks(prompts: Iterable[str], size: int) -> Iterator[list[tuple[int, str]]]:

@@ -21,7 +21,9 @@ from megatron_fork.analysis.token_table import read_token_table
 from megatron_fork.atomic_files import write_text_atomically
 
 
-def report_numbers(table_path: str | Path, rho: float = 0.8, top: int = 20) -> dict:
+def report_numbers(table_path: str | Path, rho: float = 0.2, top: int = 20) -> dict:
+    """Every number of the report (JSON-ready); ``rho``: the share of tokens that are forking
+    tokens (the trainer's ``loss.rho``)."""
     table, metadata = read_token_table(table_path, ["entropy", "position", "piece"])
     columns = table.to_pydict()
     entropy = torch.tensor(columns["entropy"], dtype=torch.float64)
@@ -39,26 +41,33 @@ def report_numbers(table_path: str | Path, rho: float = 0.8, top: int = 20) -> d
 
 
 def _histogram(entropy: torch.Tensor, bins: int = 40) -> dict:
-    """Counts over log-spaced bins from 1e-4 nats to the largest entropy (and below 1e-4)."""
-    top = math.log10(max(float(entropy.max()), 1e-3))
-    edges = torch.logspace(-4, top, bins + 1, dtype=torch.float64)
+    """Counts over log-spaced bins from 1e-4 nats to the largest entropy (and below 1e-4):
+    every token is counted (the last edge is the largest entropy itself, not 10**log10 of it,
+    which may round below it and leave the largest token out)."""
+    largest = max(float(entropy.max()), 1e-3)
+    edges = torch.logspace(-4, math.log10(largest), bins + 1, dtype=torch.float64)
+    edges[0], edges[-1] = 1e-4, largest  # exactly the clamp floor and the largest value
     counts = torch.histogram(entropy.clamp(min=1e-4), bins=edges).hist
     return {"edges": edges.tolist(), "counts": counts.long().tolist()}
 
 
 def _markdown(numbers: dict) -> str:
     s, meta = numbers["summary"], numbers["metadata"]
+    step = meta.get("weight_version")
+    weights = "none (not a trainer checkpoint)" if step is None else f"training step {step}"
     lines = [
         f"# Token entropy of `{meta.get('model', '?')}`",
         "",
         f"{s['tokens']} response tokens, temperature {meta.get('temperature')}, prompt set "
-        f"`{meta.get('prompt_set', '')}`, weight version {meta.get('weight_version')}.",
+        f"`{meta.get('prompt_set', '')}`, weight version {weights}.",
         "",
         "| figure | this model | the paper (Qwen3-8B) |",
         "|---|---|---|",
         f"| share of tokens below 0.01 nats | {s['share_below_001']:.2%} | {PAPER_BELOW_001:.2%} |",
         f"| 80th percentile of entropy | {s['percentiles'].get('p80', float('nan')):.3f} | "
         f"{PAPER_P80} |",
+        f"| smallest entropy of the top {s['rho']:.0%} ({s['top_tokens']} tokens) | "
+        f"{s['top_threshold']:.3f} | |",
         f"| mean entropy | {s['mean']:.3f} | |",
         "",
         "| group | piece | count | share of the group |",
@@ -80,7 +89,9 @@ def _plots(numbers: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     axes[0].stairs(hist["counts"], hist["edges"])
     axes[0].set(xscale="log", xlabel="entropy (nats)", ylabel="tokens", title="entropy")
-    axes[0].axvline(numbers["summary"]["rho_threshold"], color="red", label="top-20% threshold")
+    summary = numbers["summary"]
+    threshold, share = summary["top_threshold"], summary["rho"]
+    axes[0].axvline(threshold, color="red", label=f"top {share:.0%}: >= {threshold:.3f}")
     axes[0].legend()
     rows = numbers["by_position"]
     axes[1].plot([r[0] for r in rows], [r[1] for r in rows], marker="o")
@@ -92,7 +103,7 @@ def _plots(numbers: dict, out: Path) -> None:
     save_figure(fig, out / "entropy.png", dpi=110)
 
 
-def write_entropy_report(table_path: str | Path, out_dir: str | Path, rho: float = 0.8) -> Path:
+def write_entropy_report(table_path: str | Path, out_dir: str | Path, rho: float = 0.2) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     numbers = report_numbers(table_path, rho)

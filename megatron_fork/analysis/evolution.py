@@ -1,20 +1,20 @@
 """How token entropy moves under RL, on the SAME responses: two token tables holding the same
 tokens (one model's responses, scored again by another with ``collect_given``) -> the overlap of
-their top-(1 - rho) positions (the paper reports > 86% between the base model and its RL
-checkpoints), the mean change per entropy bucket of the first, a scatter of entropy before vs
-after, and over a series of checkpoints the overlap with the first vs training step."""
-
-import json
-from pathlib import Path
+their top-rho positions (``overlap.top_positions``: the trainer's ceil(rho * N) tokens; the paper
+reports > 86% between the base model and its RL checkpoints), the mean change per entropy
+bucket of the first, a scatter of entropy before vs after, and over a series of checkpoints the
+overlap with the first vs training step. Thresholds are the smallest entropy of each top set."""
 
 import torch
 
-from megatron_fork.analysis.entropy_statistics import quantile_higher
 from megatron_fork.analysis.model_source import check_same_vocabulary
-from megatron_fork.analysis.overlap import change_by_bucket, top_overlap, top_positions
+from megatron_fork.analysis.overlap import (
+    change_by_bucket,
+    top_overlap,
+    top_positions,
+    top_threshold,
+)
 from megatron_fork.analysis.token_table import entropy_column, read_token_table
-
-TRAINER_STATE = "trainer_state.json"
 
 
 def _entropies(path) -> tuple[torch.Tensor, object, dict]:
@@ -43,7 +43,7 @@ def _same_tokens(before_path, after_path):
     return before, after, before_meta, after_meta
 
 
-def compare_tables(before_path, after_path, rho: float = 0.8, scatter_points: int = 4000) -> dict:
+def compare_tables(before_path, after_path, rho: float = 0.2, scatter_points: int = 4000) -> dict:
     """Every number of the before/after comparison (JSON-ready); the scatter keeps at most
     ``scatter_points`` tokens, drawn with a fixed seed."""
     before, after, before_meta, after_meta = _same_tokens(before_path, after_path)
@@ -56,8 +56,8 @@ def compare_tables(before_path, after_path, rho: float = 0.8, scatter_points: in
         "tokens": before.numel(),
         "rho": rho,
         "overlap": top_overlap(before, after, rho),
-        "threshold_before": quantile_higher(before, rho),
-        "threshold_after": quantile_higher(after, rho),
+        "threshold_before": top_threshold(before, rho),
+        "threshold_after": top_threshold(after, rho),
         "mean_before": float(before.mean()),
         "mean_after": float(after.mean()),
         "by_bucket": [
@@ -72,15 +72,9 @@ def compare_tables(before_path, after_path, rho: float = 0.8, scatter_points: in
     }
 
 
-def checkpoint_step(source) -> int | None:
-    """The training step of a trainer checkpoint (its ``trainer_state.json``), else None."""
-    state = Path(source) / TRAINER_STATE
-    return int(json.loads(state.read_text())["step"]) if state.is_file() else None
-
-
-def overlap_series(reference_path, tables: list[tuple[str, int | None, str]], rho=0.8) -> list:
+def overlap_series(reference_path, tables: list[tuple[str, int | None, str]], rho=0.2) -> list:
     """For each (label, step, table) scoring the reference table's tokens: the overlap of its
-    top positions with the reference's, its threshold and mean entropy."""
+    top positions with the reference's, its threshold (smallest top entropy), mean entropy."""
     rows = []
     for label, step, path in tables:
         before, after, _, _ = _same_tokens(reference_path, path)
@@ -89,7 +83,7 @@ def overlap_series(reference_path, tables: list[tuple[str, int | None, str]], rh
                 "label": label,
                 "step": step,
                 "overlap": top_overlap(before, after, rho),
-                "threshold": quantile_higher(after, rho),
+                "threshold": top_threshold(after, rho),
                 "mean_entropy": float(after.mean()),
             }
         )

@@ -39,7 +39,7 @@ def plot_evolution(comparison: dict, out_path) -> Path:
         yscale="log",
         xlabel=f"entropy, {_short(comparison['before'])}",
         ylabel=f"entropy, {_short(comparison['after'])}",
-        title=f"same {comparison['tokens']} tokens: top-{1 - comparison['rho']:.0%} "
+        title=f"same {comparison['tokens']} tokens: top-{comparison['rho']:.0%} "
         f"overlap {comparison['overlap']:.1%}",
     )
     left.legend(loc="upper left", fontsize=8)
@@ -89,7 +89,7 @@ def plot_overlap_series(series: list[dict], rho: float, out_path) -> Path:
     )
     ax.set(
         xlabel="RL step",
-        ylabel=f"top-{1 - rho:.0%} overlap with the base",
+        ylabel=f"top-{rho:.0%} overlap with the base",
         ylim=(min(0.5, min(r["overlap"] for r in series) - 0.05), 1.04),
         title="high-entropy positions kept under RL",
     )

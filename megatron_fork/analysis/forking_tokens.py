@@ -1,6 +1,7 @@
-"""Which text pieces the forking tokens are: the most frequent pieces among the tokens at or
-above the rho-quantile of entropy, and among those below it, with their counts and their share
-of each group (honest counts rather than a word cloud)."""
+"""Which text pieces the forking tokens are: the most frequent pieces among the top ``rho``
+share of tokens by entropy (exactly the trainer's count, ``overlap.top_positions``), and among
+the others, with their counts and their share of each group (honest counts rather than a word
+cloud)."""
 
 from collections import Counter
 
@@ -10,7 +11,7 @@ from megatron_fork.analysis.overlap import top_positions
 
 
 def frequent_pieces(
-    pieces: list[str], entropy: torch.Tensor, rho: float = 0.8, top: int = 20
+    pieces: list[str], entropy: torch.Tensor, rho: float = 0.2, top: int = 20
 ) -> dict[str, list[tuple[str, int, float]]]:
     """{"high": [(piece, count, share of the high group)], "low": [...]}, most frequent first
     (ties by piece, for a stable order)."""

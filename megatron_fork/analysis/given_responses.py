@@ -5,7 +5,8 @@ file of ``{"prompt": str, "response": str[, "id": ...]}`` rows (JSONL, JSON, par
 
 Both stream: a token table one row group (one chunk of whole samples) at a time, a file one row
 at a time into chunks of ``chunk`` samples. Rows without a prompt or a response are skipped and
-counted in the ``LoadReport``."""
+counted in the ``LoadReport``; a repeated ``id`` is refused (a sample's rows are found by its id,
+so two samples of one id would merge); the ids seen are held, one entry per row."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,13 +57,20 @@ def samples_from_file(
     path: str | Path, tokenizer, report: LoadReport, chunk: int = 32
 ) -> Iterator[list[Sample]]:
     """Chunks of at most ``chunk`` samples from a file of prompt/response rows."""
-    samples = []
+    samples, seen = [], {}
     for where, number, row in iter_records(path, report):
         try:
-            samples.append(_file_sample(row, number, tokenizer))
+            sample = _file_sample(row, number, tokenizer)
         except BadRow as bad:
             report.skip(bad.reason, where, bad.detail)
             continue
+        if sample.request_id in seen:
+            raise ValueError(
+                f"{path}: id {sample.request_id!r} of {where} was already taken by "
+                f"{seen[sample.request_id]}: every response needs its own id"
+            )
+        seen[sample.request_id] = where
+        samples.append(sample)
         report.keep()
         if len(samples) == chunk:
             yield samples

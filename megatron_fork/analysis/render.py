@@ -1,7 +1,8 @@
 """Responses rendered by entropy: a few samples of a token table with each token shaded by its
-entropy, the table's top-(1 - rho) tokens (at or above its rho-quantile, over every token of
-the table) outlined and bold, as a self-contained HTML page (escaped text, inline CSS, a colour
-scale, a tooltip with each token's entropy and log-prob) and as a PNG (matplotlib, no display).
+entropy, the table's top-rho tokens (``overlap.top_positions`` over every token of the table:
+exactly the trainer's ceil(rho * N), ties to the earlier token) outlined and bold, as a
+self-contained HTML page (escaped text, inline CSS, a colour scale, a tooltip with each token's
+entropy and log-prob) and as a PNG (matplotlib, no display).
 """
 
 import html
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from megatron_fork.analysis.entropy_statistics import quantile_higher
 from megatron_fork.analysis.figure_files import save_figure
+from megatron_fork.analysis.overlap import top_positions
 from megatron_fork.analysis.token_table import entropy_column, iter_row_groups, read_token_table
 from megatron_fork.atomic_files import write_text_atomically
 
@@ -26,21 +28,23 @@ class Shown:
     samples: list
     """[{"sample": id, "prompt": text, "tokens": [{"text", "entropy", "logprob", "top"}]}]"""
     threshold: float
-    """Entropy at the table's rho-quantile: tokens at or above it are marked."""
+    """The smallest entropy among the table's top-rho tokens (the marked ones)."""
     scale_max: float
     rho: float
     metadata: dict
 
 
-def shown_samples(table_path, samples: int = 6, rho: float = 0.8) -> Shown:
+def shown_samples(table_path, samples: int = 6, rho: float = 0.2) -> Shown:
     """The first ``samples`` samples of the table, read a row group at a time."""
     table, metadata = read_token_table(table_path, ["entropy"])
-    entropy = entropy_column(table)
+    entropy = entropy_column(table)  # [N], the table's row order
     if entropy.numel() == 0:
         raise ValueError(f"{table_path}: the token table has no tokens")
-    threshold = quantile_higher(entropy, rho)
+    top = top_positions(entropy, rho)  # [N] bool
+    threshold = float(entropy[top].min())
     scale_max = max(quantile_higher(entropy, SCALE_QUANTILE), threshold, 1e-6)
     shown: dict[str, dict] = {}
+    index = 0  # the row's place in the whole table
     for group in iter_row_groups(table_path):
         for row in group.to_pylist():
             if row["sample"] not in shown and len(shown) == samples:
@@ -49,15 +53,15 @@ def shown_samples(table_path, samples: int = 6, rho: float = 0.8) -> Shown:
                 row["sample"], {"sample": row["sample"], "prompt": row["prompt"], "tokens": []}
             )
             text = row["text"] or row["piece"]  # a special token may decode to ""
-            entropy_value = float(row["entropy"])
             entry["tokens"].append(
                 {
                     "text": text,
-                    "entropy": entropy_value,
+                    "entropy": float(row["entropy"]),
                     "logprob": float(row["logprob"]),
-                    "top": entropy_value >= threshold,
+                    "top": bool(top[index]),
                 }
             )
+            index += 1
     return Shown(list(shown.values()), threshold, scale_max, rho, metadata)
 
 
@@ -90,11 +94,11 @@ def html_page(shown: Shown) -> str:
         "<h1>Responses shaded by token entropy</h1>",
         f"<p>Model <code>{e(str(meta.get('model', '')))}</code>, temperature "
         f"{e(str(meta.get('temperature', '')))}. Each token's background is its entropy "
-        f"(nats); tokens in the top {1 - shown.rho:.0%} of the table (entropy &ge; "
-        f"{shown.threshold:.3f}) are outlined and bold. Hover a token for its entropy and "
-        "log-prob.</p>",
+        f"(nats); the table's top {shown.rho:.0%} of tokens by entropy (entropy &ge; "
+        f"{shown.threshold:.3f}; the trainer's count, ties to the earlier token) are outlined "
+        "and bold. Hover a token for its entropy and log-prob.</p>",
         f'<p class="legend">0 <span class="bar"></span> &ge; {shown.scale_max:.3f} nats '
-        f'&nbsp; <span class="top">outlined</span> top {1 - shown.rho:.0%}</p>',
+        f'&nbsp; <span class="top">outlined</span> top {shown.rho:.0%}</p>',
     ]
     for sample in shown.samples:
         parts.append(f'<div class="sample"><h2>{e(sample["sample"])}</h2>')
@@ -115,7 +119,7 @@ def _span(token: dict, scale_max: float) -> str:
     )
 
 
-def write_html(table_path, out_path, samples: int = 6, rho: float = 0.8) -> Path:
+def write_html(table_path, out_path, samples: int = 6, rho: float = 0.2) -> Path:
     """The page, and beside it ``<name>.json`` with the numbers it shows."""
     shown = shown_samples(table_path, samples, rho)
     out = Path(out_path)
@@ -124,7 +128,7 @@ def write_html(table_path, out_path, samples: int = 6, rho: float = 0.8) -> Path
     return out
 
 
-def write_png(table_path, out_path, samples: int = 4, rho: float = 0.8, width: int = 72):
+def write_png(table_path, out_path, samples: int = 4, rho: float = 0.2, width: int = 72):
     """The first ``samples`` responses drawn as rows of tokens ``width`` characters wide."""
     import matplotlib
 
@@ -148,7 +152,7 @@ def write_png(table_path, out_path, samples: int = 4, rho: float = 0.8, width: i
     bar = fig.add_axes((0.25, 0.55 / fig.get_figheight(), 0.5, 0.12 / fig.get_figheight()))
     mappable = ScalarMappable(Normalize(0, shown.scale_max), COLORMAP)
     fig.colorbar(mappable, cax=bar, orientation="horizontal")
-    bar.set_xlabel(f"entropy (nats); outlined: top {1 - shown.rho:.0%} (>= {shown.threshold:.3f})")
+    bar.set_xlabel(f"entropy (nats); outlined: top {shown.rho:.0%} (>= {shown.threshold:.3f})")
     save_figure(fig, out_path)
     return Path(out_path)
 

@@ -18,12 +18,16 @@ def analysis_markdown(numbers: dict) -> str:
 
 
 def _settings(s: dict) -> str:
-    return (
+    text = (
         f"Prompts: {s['prompts']} of `{s['prompt_set']}`, one response each, at most "
         f"{s['max_new_tokens']} new tokens, temperature {s['temperature']}; forking tokens = "
-        f"the top {1 - s['rho']:.0%} by entropy. Entropies are teacher-forced through the "
-        f"trainer's op. Wall time {s.get('wall_seconds', float('nan')):.0f} s."
+        f"the top {s['rho']:.0%} by entropy (rho = {s['rho']:g}, the trainer's count: exactly "
+        f"ceil(rho * N) of N tokens, ties to the earlier token). Entropies are teacher-forced "
+        f"through the trainer's op. Wall time {s.get('wall_seconds', float('nan')):.0f} s."
     )
+    if s.get("prompt_rows"):  # rows of the prompt file were skipped: say which and why
+        text += f"\n\nPrompt file: {s['prompt_rows']}."
+    return text
 
 
 def _models(models: dict) -> list[str]:
@@ -42,6 +46,11 @@ def _models(models: dict) -> list[str]:
             f"{PAPER_BELOW_001:.2%}",
         ),
         ("80th percentile", lambda s: f"{s['summary']['percentiles']['p80']:.3f}", f"{PAPER_P80}"),
+        (
+            f"smallest entropy of the top {models[names[0]]['summary']['rho']:.0%} (threshold)",
+            lambda s: f"{s['summary']['top_threshold']:.3f}",
+            "",
+        ),
         ("mean entropy", lambda s: f"{s['summary']['mean']:.3f}", ""),
     ]
     for label, cell, paper in rows:
@@ -84,9 +93,10 @@ def _evolution(evolution: dict) -> list[str]:
         "",
         "| figure | value | the paper |",
         "|---|---|---|",
-        f"| top-{1 - c['rho']:.0%} position overlap | {c['overlap']:.1%} | "
+        f"| top-{c['rho']:.0%} position overlap | {c['overlap']:.1%} | "
         f"> {PAPER_OVERLAP:.0%} (secondary) |",
-        f"| threshold (rho-quantile) before / after | {c['threshold_before']:.3f} / "
+        f"| threshold (smallest top-{c['rho']:.0%} entropy) before / after | "
+        f"{c['threshold_before']:.3f} / "
         f"{c['threshold_after']:.3f} | |",
         f"| mean entropy before / after | {c['mean_before']:.3f} / {c['mean_after']:.3f} | |",
         "",
@@ -121,7 +131,8 @@ def _sweep(sweep: dict) -> list[str]:
         "",
         f"`{sweep['model']}` on {sweep['prompts']} eval prompts, avg@{k} (pass@{k}); T_high at "
         f"positions whose entropy is >= {sweep['threshold']:.3f} nats ({sweep['threshold_source']}"
-        f"), T_low elsewhere; top_p {config['top_p']}, the same seeds in every cell.",
+        f"), T_low elsewhere; top_p {config['top_p']}, the same seeds in every cell."
+        + (f" Eval file: {sweep['eval_rows']}." if sweep.get("eval_rows") else ""),
         "",
         "| T_high \\ T_low | " + " | ".join(f"{t:g}" for t in lows) + " |",
         "|---|" + "---|" * len(lows),

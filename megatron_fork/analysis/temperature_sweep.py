@@ -6,13 +6,14 @@ answers.
 Everything but the grid is the trainer's own evaluation: ``rollout_phase.evaluate_avg_at_k``
 with its seeds (so every cell draws from the same random streams, and a cell with T_high = T_low
 = T is exactly plain sampling at T), the ``GroupSampler`` and the math reward scorer. The
-threshold is the rho-quantile of the model's own entropies at T = 1 (the paper's 0.672 is
+threshold is the smallest entropy among the model's own top-rho tokens at T = 1 (rho = 0.2: its
+80th percentile, or the next observed value when 0.8 * N is an integer; the paper's 0.672 is
 Qwen3-8B's 80th percentile), or a fixed value."""
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from megatron_fork.analysis.entropy_statistics import quantile_higher
+from megatron_fork.analysis.overlap import check_top_share, top_threshold
 from megatron_fork.analysis.token_table import entropy_column, read_token_table
 from megatron_fork.data.types import PromptExample
 from megatron_fork.rewards.config import MathRewardConfig
@@ -28,8 +29,10 @@ class SweepConfig:
     low_temperatures: tuple[float, ...] = (0.6, 1.0, 1.4)
     """T_low: the temperature everywhere else."""
     threshold: float | None = None
-    """A fixed entropy threshold (nats); None = the rho-quantile of the model's token table."""
-    rho: float = 0.8
+    """A fixed entropy threshold (nats); None = the smallest entropy among the top ``rho`` of
+    the model's token table."""
+    rho: float = 0.2
+    """The share of tokens at or above the threshold taken from a table (the trainer's rho)."""
     samples_per_prompt: int = 4
     """k of avg@k."""
     max_prompts: int = 64
@@ -48,18 +51,19 @@ class SweepConfig:
             raise ValueError("every T_high must be > 0")
         if min(self.low_temperatures) < 0:
             raise ValueError("every T_low must be >= 0 (0 = greedy)")
+        check_top_share(self.rho)
 
 
 def threshold_from_table(table_path, rho: float) -> float:
-    """The rho-quantile entropy of a token table collected at T = 1 (the engine compares the
-    untempered distribution's entropy with the threshold)."""
+    """The smallest entropy among the top ``rho`` share of a token table collected at T = 1
+    (the engine compares the untempered distribution's entropy with the threshold)."""
     table, metadata = read_token_table(table_path, ["entropy"])
     if metadata.get("temperature") != 1.0:
         raise ValueError(
             f"{table_path}: entropies at temperature {metadata.get('temperature')}; the "
             "two-temperature rule compares entropies at T = 1: collect at temperature 1"
         )
-    return quantile_higher(entropy_column(table), rho)
+    return top_threshold(entropy_column(table), rho)
 
 
 def sweep_temperatures(

@@ -91,15 +91,20 @@ class TokenTableWriter:
         os.replace(self._tmp, self.path)
         return self.path
 
+    def discard(self) -> None:
+        """Stop without a table: nothing half-written is left under either name."""
+        if self._writer.is_open:
+            self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *rest):
         if exc_type is None:
             self.close()
-        else:  # nothing half-written under the final name
-            self._writer.close()
-            self._tmp.unlink(missing_ok=True)
+        else:
+            self.discard()
         return False
 
 

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from megatron_fork.analysis.evolution import checkpoint_step, compare_tables, overlap_series
+from megatron_fork.analysis.evolution import compare_tables, overlap_series
 from megatron_fork.analysis.figures import plot_evolution, plot_overlap_series, plot_sweep
+from megatron_fork.analysis.model_source import checkpoint_step
 from megatron_fork.analysis.token_table import Detokenizer, TokenTableWriter
 
 BEFORE = torch.tensor([0.0, 0.001, 0.005, 0.009, 0.2, 0.4, 0.6, 0.8, 1.5, 2.5])
@@ -31,13 +32,14 @@ def _table(path, entropy, model="base", vocab=VOCAB, tokens=tuple(range(10))):
 
 def test_comparison_by_hand(tmp_path):
     after = BEFORE.clone()
-    after[7], after[3] = 0.0, 3.0  # token 7 leaves the top, token 3 enters it
+    after[7], after[3] = 0.0, 3.0  # token 3 enters the top, pushing out token 8
     before_path = _table(tmp_path / "a.parquet", BEFORE)
     after_path = _table(tmp_path / "b.parquet", after, model="rl")
-    c = compare_tables(before_path, after_path, rho=0.8, scatter_points=4)
-    # top(before) = {7, 8, 9} (>= 0.8, the 8th smallest); top(after) = {3, 8, 9} (>= 1.5).
-    assert c["overlap"] == pytest.approx(2 / 3) and c["tokens"] == 10
-    assert c["threshold_before"] == pytest.approx(0.8) and c["threshold_after"] == 1.5
+    c = compare_tables(before_path, after_path, rho=0.2, scatter_points=4)
+    # k = ceil(0.2 * 10) = 2. top(before) = {8, 9} (1.5, 2.5); top(after) = {3, 9} (3.0, 2.5):
+    # shared {9}, 1 / 2. Thresholds: the smallest entropy of each top set, 1.5 and 2.5.
+    assert c["overlap"] == pytest.approx(1 / 2) and c["tokens"] == 10
+    assert c["threshold_before"] == pytest.approx(1.5) and c["threshold_after"] == 2.5
     assert c["before"] == "base" and c["after"] == "rl"
     assert c["mean_after"] - c["mean_before"] == pytest.approx((3.0 - 0.009 - 0.8) / 10)
     buckets = {b["bucket"]: (b["mean_change"], b["tokens"]) for b in c["by_bucket"]}
@@ -46,24 +48,24 @@ def test_comparison_by_hand(tmp_path):
     assert len(c["scatter"]["before"]) == 4  # subsampled
     for before, after_value, top in zip(*c["scatter"].values(), strict=True):
         index = int((BEFORE - before).abs().argmin())
-        assert after_value == pytest.approx(float(after[index])) and top == (index >= 7)
+        assert after_value == pytest.approx(float(after[index])) and top == (index >= 8)
 
 
 def test_overlap_series_by_hand(tmp_path):
     base = _table(tmp_path / "base.parquet", BEFORE)
     middle = BEFORE.clone()
-    middle[9] = 0.0  # top(middle) >= 0.6 (8th smallest): {6, 7, 8}; shared with {7, 8, 9}: 2
-    last = BEFORE.flip(0)  # top = {0, 1, 2}: none shared
+    middle[9] = 0.0  # top(middle) = {8, 7} (1.5, 0.8); shared with {8, 9}: {8}, 1 / 2
+    last = BEFORE.flip(0)  # top = {0, 1} (2.5, 1.5): none shared
     tables = [
         ("base", 0, base),
         ("step 10", 10, _table(tmp_path / "m.parquet", middle)),
         ("rl", None, _table(tmp_path / "l.parquet", last)),
     ]
-    series = overlap_series(base, tables, rho=0.8)
-    assert [r["overlap"] for r in series] == pytest.approx([1.0, 2 / 3, 0.0])
+    series = overlap_series(base, tables, rho=0.2)
+    assert [r["overlap"] for r in series] == pytest.approx([1.0, 1 / 2, 0.0])
     assert [r["step"] for r in series] == [0, 10, None]
-    assert series[1]["threshold"] == pytest.approx(0.6)
-    png = plot_overlap_series(series, 0.8, tmp_path / "series.png")
+    assert series[1]["threshold"] == pytest.approx(0.8)  # min of {1.5, 0.8}
+    png = plot_overlap_series(series, 0.2, tmp_path / "series.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,7 +1,7 @@
 """The two-temperature sweep on the warm-started tiny Qwen3 with the real reward scorer: the cell
 T_high = T_low = T draws exactly what plain sampling at T draws with the trainer's eval seeds
 (same responses, same avg@k), while a cell with T_high != T_low changes the draws; thresholds
-come from T = 1 tables only."""
+come from T = 1 tables only (the smallest entropy of the top rho = 0.2 of the tokens)."""
 
 from types import SimpleNamespace
 
@@ -61,7 +61,7 @@ def test_equal_temperatures_are_plain_sampling(base_model):
         sweep_temperatures(sampler, [], config, threshold=0.3)
 
 
-def test_threshold_is_the_quantile_of_a_t1_table(tmp_path):
+def test_threshold_is_the_top_rho_entropy_of_a_t1_table(tmp_path):
     from megatron_fork.analysis.temperature_sweep import SweepConfig, threshold_from_table
     from megatron_fork.analysis.token_table import Detokenizer, TokenTableWriter
 
@@ -73,8 +73,11 @@ def test_threshold_is_the_quantile_of_a_t1_table(tmp_path):
             tmp_path / f"{temperature}.parquet", {"temperature": temperature}
         ) as t:
             t.write([sample], [(torch.zeros(10), entropy)], words)
-    assert threshold_from_table(tmp_path / "1.0.parquet", 0.8) == pytest.approx(0.7)
+    # The top 20% of 10 tokens: 0.9 and 0.8 (k = 2); the threshold is the smaller, 0.8.
+    assert threshold_from_table(tmp_path / "1.0.parquet", 0.2) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="entropies at temperature 0.7"):
-        threshold_from_table(tmp_path / "0.7.parquet", 0.8)
+        threshold_from_table(tmp_path / "0.7.parquet", 0.2)
     with pytest.raises(ValueError, match="every T_high must be > 0"):
         SweepConfig(high_temperatures=(0.0,))
+    with pytest.raises(ValueError, match="rho=0.8: rho is the share of tokens kept"):
+        SweepConfig(rho=0.8)
