@@ -3,7 +3,9 @@ process count against TP x PP x CP, Megatron's divisibility rules against the mo
 (heads, kv heads, layers; the sequence against 2 x CP and TP with sequence parallel), sglang's
 against the engines, and the memory plan of the most loaded GPU."""
 
+import math
 from pathlib import PurePosixPath
+from types import SimpleNamespace
 
 from megatron_fork.planning import (
     H100_80GB,
@@ -15,8 +17,23 @@ from megatron_fork.planning import (
     check_layout,
     plan_memory,
 )
-from megatron_fork.trainer.train_batch import check_batch_layout
+from megatron_fork.trainer.train_batch import check_batch_layout, row_multiple
 from recipes.recipe import Recipe
+
+
+def context_multiple(recipe: Recipe) -> int:
+    """What the trainer pads every row to at this layout (``row_multiple`` reads these
+    TransformerConfig fields): the planned context must be a multiple, so the plan is exact."""
+    parallel, precision = recipe.config.parallel, recipe.config.precision
+    return row_multiple(
+        SimpleNamespace(
+            context_parallel_size=parallel.context_parallel,
+            tensor_model_parallel_size=parallel.tensor_parallel,
+            sequence_parallel=parallel.sequence_parallel,
+            fp8=None if precision.fp8 == "none" else precision.fp8,
+            fp8_recipe=precision.fp8_recipe,
+        )
+    )
 
 
 def training_layout(recipe: Recipe) -> TrainingLayout:
@@ -74,6 +91,20 @@ def check_processes(recipe: Recipe) -> None:
         config.micro_batch_size,
         recipe.data_parallel,
     )
+
+
+def check_context(recipe: Recipe) -> None:
+    """The planned length must hold a prompt and a full response, and be a length the trainer
+    makes rows of (Megatron's 2 x CP split, TP x CP with sequence parallelism, FP8 GEMM rows)."""
+    launch, rollout = recipe.launch, recipe.config.rollout
+    multiple = context_multiple(recipe)
+    if launch.context_tokens % multiple:
+        fitting = math.ceil(launch.context_tokens / multiple) * multiple
+        raise ValueError(
+            f"launch.context_tokens={launch.context_tokens} is not a multiple of {multiple}, "
+            "the row length unit at this layout (2 x CP; TP x CP with sequence parallelism; "
+            f"FP8 GEMM rows per rank): use {fitting}"
+        )
     if launch.context_tokens <= rollout.max_new_tokens:
         raise ValueError(
             f"launch.context_tokens={launch.context_tokens} must hold a prompt plus "
@@ -114,6 +145,7 @@ def check_recipe(recipe: Recipe, cluster: Cluster = H100_80GB) -> MemoryPlan | N
     model, layout = QWEN3_SIZES[recipe.launch.model], training_layout(recipe)
     check_layout(model, layout)  # the model's own rules first: they name the real cause
     check_processes(recipe)
+    check_context(recipe)
     check_engines_exist(recipe)
     check_fp8_edge_layers(recipe, model.num_layers)
     return plan_memory(model, layout, rollout_placement(recipe), cluster).require_fit()

@@ -3,7 +3,8 @@
     python -m recipes list
     python -m recipes tiny_cpu [--nproc 2] [section.field=value ...]
     python -m recipes qwen3_32b --executor slurm --account A --container-image IMG \\
-        --mount /lustre:/lustre [--dryrun] [section.field=value | launch.x=v ...]
+        --mount /lustre:/lustre base_model=/lustre/... output_dir=/lustre/... data.train=...
+        data.eval=... [--dryrun] [section.field=value | launch.x=v ...]
 
 Every check (override keys and types, TP/PP/CP against the model and the sequence, the memory
 plan) runs before NeMo-Run is asked for anything; a failed check exits with status 2 and one

@@ -6,7 +6,9 @@ tokens, on 16 H100 80GB nodes: 8 training + 8 for sglang engines.
 Launch (after converting the base model, README "Reproduce the paper"):
     python -m recipes qwen3_14b --executor slurm --account ACCT --partition batch \\
         --container-image /lustre/images/megatron-fork.sqsh --mount /lustre:/lustre \\
-        base_model=/lustre/ckpt/qwen3-14b-base-mcore output_dir=/lustre/runs/q14b-top20
+        base_model=/lustre/ckpt/qwen3-14b-base-mcore output_dir=/lustre/runs/q14b-top20 \\
+        data.train=/lustre/data/dapo-math-17k.parquet data.eval=/lustre/data/aime-2024.parquet
+(the run's files must lie under a --mount: checked before submitting).
 Expected (paper): AIME'24 avg@32 of 50.42 for 14B (DAPO alone 45.21), 63.54 for 32B (55.83),
 34.58 for 8B (33.33), after the paper's training length (about 1000 steps for 32B at 512
 prompts per step; the paper does not state 8B/14B's).

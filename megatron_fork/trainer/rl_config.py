@@ -252,6 +252,12 @@ class RLConfig:
             "penalises responses near the generation cap",
         )
         _require(
+            self.rollout.engine_startup_timeout_s < 60 * self.parallel.collective_timeout_minutes,
+            f"rollout.engine_startup_timeout_s ({self.rollout.engine_startup_timeout_s:.0f}) must "
+            "be shorter than parallel.collective_timeout_minutes: the other ranks wait for rank "
+            "0 in a collective meanwhile",
+        )
+        _require(
             self.loss.temperature == self.rollout.temperature,
             f"loss.temperature ({self.loss.temperature}) must equal rollout.temperature "
             f"({self.rollout.temperature}): the ratio compares log-probs at the sampling "

@@ -27,9 +27,10 @@ from megatron_fork.trainer.step_metrics import combine_microbatch_metrics
 SEQ_LEN_MULTIPLE = 8
 
 
-FP8_ROWS_MULTIPLE = {"blockwise": 128}
+FP8_ROWS_MULTIPLE = {"blockwise": 128, "mxfp8": 32}
 """Local rows an FP8 GEMM input must divide by, per TE recipe (16 for the others): TE asserts
-FP8 inputs' dimensions divide by 8/16; blockwise scaling works on 128-row tiles (conservative)."""
+FP8 inputs' dimensions divide by 8/16; blockwise scaling works on 128-row tiles (conservative);
+MXFP8 on 1x32 blocks (Megatron's ``get_fp8_align_size``: 32)."""
 
 
 def row_multiple(config) -> int:
@@ -83,7 +84,7 @@ def mini_batch_shards(
     micro_batch_size: int,
     groups: LossGroups,
     pad_id: int,
-    multiple: int = SEQ_LEN_MULTIPLE,
+    multiple: int,
 ) -> list[list[PolicyMicroBatch]]:
     """Per mini-batch, this rank's micro-batch CP shards, on this rank's device. Mini-batch
     ``m`` is the ``m``-th contiguous slice of the samples; DP rank ``d`` takes the ``d``-th

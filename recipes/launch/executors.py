@@ -18,14 +18,23 @@ ENGINE_HOSTS_LINE = (
 )
 """The engine group's hosts, for ``recipes.train`` (set before the tasks start)."""
 REQUEUE_SIGNAL = "B:USR1@300"
-"""Slurm sends USR1 to the batch script 5 minutes before the time limit ..."""
-REQUEUE_ON_SIGNAL_LINE = (
-    'trap \'echo "time limit near: requeueing $SLURM_JOB_ID"; '
-    'scontrol requeue "$SLURM_JOB_ID"\' USR1'
-)
-"""... and the script requeues the job: the run resumes from its latest checkpoint (a job that
-hits its limit is otherwise ended, not requeued). The trap runs within a minute (the script
-waits in ``wait`` or in the monitor loop's ``sleep 60``)."""
+"""Slurm sends USR1 to the batch script 5 minutes before the time limit, and the script
+requeues the job: the run resumes from its latest checkpoint (a job that hits its limit is
+otherwise ended, not requeued). The trap runs within a minute: tasks always run as a group, so
+the script waits in the monitor loop's ``sleep 60``, never in a foreground srun."""
+
+
+def time_limit_lines(job_dir: str) -> list[str]:
+    """The trap, and the failure-retry budget kept whole: every requeue raises
+    ``SLURM_RESTART_COUNT``, which NeMo-Run compares with ``TORCHX_MAX_RETRIES`` before
+    requeueing a failed job, so time-limit requeues (counted in a file) are added to it."""
+    counter = f"{job_dir}/.time_limit_requeues_$SLURM_JOB_ID"
+    return [
+        f'TIME_LIMIT_REQUEUES=$(cat "{counter}" 2>/dev/null | wc -l)',
+        "export TORCHX_MAX_RETRIES=$((TORCHX_MAX_RETRIES + TIME_LIMIT_REQUEUES))",
+        f'trap \'echo "time limit near: requeueing $SLURM_JOB_ID"; echo >> "{counter}"; '
+        'scontrol requeue "$SLURM_JOB_ID"\' USR1',
+    ]
 
 
 def _env(options: SlurmOptions, base: dict[str, str]) -> dict[str, str]:
@@ -53,7 +62,6 @@ def _slurm_executor(
     )
     executor.retries = options.retries
     executor.signal = REQUEUE_SIGNAL
-    executor.setup_lines = REQUEUE_ON_SIGNAL_LINE
     return executor
 
 
@@ -62,8 +70,9 @@ def slurm_executors(recipe: Recipe, options: SlurmOptions) -> list[run.SlurmExec
     GPU), one Slurm task per engine on the engine nodes."""
     launch = recipe.launch
     trainer = _slurm_executor(recipe, options, launch.train_nodes, 1, TRAINER_ENV)
+    setup = time_limit_lines(options.job_dir)  # the first executor's lines are the script's
+    trainer.setup_lines = "\n".join(setup + ([ENGINE_HOSTS_LINE] if launch.engines.nodes else []))
     if not launch.engines.nodes:
         return [trainer]
-    trainer.setup_lines = "\n".join([REQUEUE_ON_SIGNAL_LINE, ENGINE_HOSTS_LINE])
     engines = _slurm_executor(recipe, options, launch.engines.nodes, launch.engines_per_node, {})
     return [trainer, engines]

@@ -13,13 +13,13 @@ from recipes.recipe import Recipe
 
 
 def _add_slurm_job(experiment, recipe: Recipe, name: str, overrides: list[str], options) -> None:
+    """Always a task group (one task without engines): NeMo-Run then runs the sruns in the
+    background under its monitor loop, where the time-limit trap can run."""
     executors = slurm_executors(recipe, options)
-    trainer = slurm_trainer_task(recipe, name, overrides)
-    if len(executors) == 1:
-        experiment.add(trainer, executor=executors[0], name=name)
-        return
-    engines = slurm_engine_task(name, overrides)
-    experiment.add([trainer, engines], executor=executors, name=name)
+    tasks = [slurm_trainer_task(recipe, name, overrides)]
+    if len(executors) == 2:
+        tasks.append(slurm_engine_task(name, overrides))
+    experiment.add(tasks, executor=executors, name=name)
 
 
 def slurm_sbatch_script(recipe: Recipe, name: str, overrides: list[str], options) -> str:

@@ -24,15 +24,15 @@ def local_trainer_task(name: str, overrides: list[str], nproc: int) -> run.Scrip
 
 
 def slurm_trainer_task(recipe: Recipe, name: str, overrides: list[str]) -> run.Script:
-    """torchrun once per trainer node, rendezvous on the job's head node by name (the first
-    trainer node: the trainer group comes first in the job; ``$head_node_ip`` may list several
-    addresses)."""
+    """torchrun once per trainer node, rendezvous on the first trainer node by name (NeMo-Run's
+    ``het_group_host_0`` in a heterogeneous job, else the job's head node; ``$head_node_ip``
+    may list several addresses)."""
     launch = recipe.launch
     torchrun = [
         f"--nnodes={launch.train_nodes}",
         f"--nproc-per-node={launch.gpus_per_node}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=$head_node:{RENDEZVOUS_PORT}",
+        f"--rdzv-endpoint=${{het_group_host_0:-$head_node}}:{RENDEZVOUS_PORT}",
         "--rdzv-id=$SLURM_JOB_ID",
     ]
     return run.Script(

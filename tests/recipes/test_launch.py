@@ -93,7 +93,8 @@ def test_dryrun_sbatch_has_the_recipe_node_groups_and_commands(tmp_path, name):
     torchrun = runs[0][1]
     assert torchrun[:3] == ["python", "-m", "torch.distributed.run"]
     assert f"--nnodes={launch.train_nodes}" in torchrun and "--nproc-per-node=8" in torchrun
-    assert "--rdzv-endpoint=$head_node:29500" in torchrun  # the first trainer node, by name
+    # The first trainer node, by name.
+    assert "--rdzv-endpoint=${het_group_host_0:-$head_node}:29500" in torchrun
     assert torchrun[torchrun.index("-m", 3) :] == [
         "-m",
         "recipes.train",
@@ -108,6 +109,23 @@ def test_a_recipe_without_engines_is_one_node_group(tmp_path):
     (trainer,) = _groups(script)
     assert trainer["nodes"] == "8" and "hetjob" not in script
     assert set(_sruns(script)) == {0}
+    # srun in the background under the monitor loop, so the time-limit trap runs in time.
+    lines = script.splitlines()
+    assert any(line.startswith("srun ") and line.endswith("& pids[0]=$!") for line in lines)
+    assert "all_done=false" in lines and any(line.startswith("trap ") for line in lines)
+
+
+def test_time_limit_requeues_do_not_spend_the_failure_retries(tmp_path):
+    script = _sbatch(tmp_path, "qwen3_32b")
+    lines = script.splitlines()
+    counted = next(line for line in lines if line.startswith("TIME_LIMIT_REQUEUES="))
+    counter = counted.split('"')[1]
+    assert counter.startswith(str(tmp_path / "jobs"))  # on the shared file system
+    trap = next(line for line in lines if line.startswith("trap "))
+    assert f'echo >> "{counter}"' in trap and "scontrol requeue" in trap
+    retries = lines.index("export TORCHX_MAX_RETRIES=3")
+    assert lines.index(counted) > retries  # raises NeMo-Run's budget after it is set
+    assert "export TORCHX_MAX_RETRIES=$((TORCHX_MAX_RETRIES + TIME_LIMIT_REQUEUES))" in lines
 
 
 def test_paths_outside_the_mounts_are_refused_before_launch(tmp_path):

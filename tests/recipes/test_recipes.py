@@ -55,6 +55,7 @@ def test_overrides_reach_the_run_config_and_the_launch_spec():
         (["parallel.tensor_parallel=3"], ValueError, "does not divide num_attention_heads=64"),
         (["parallel.context_parallel=3"], ValueError, "not divisible by 2 \\* context_parallel"),
         (["launch.context_tokens=22530"], ValueError, "not divisible by 2 \\* context_parallel"),
+        (["launch.context_tokens=22544"], ValueError, "not a multiple of 2048, .* use 24576"),
         (["launch.train_nodes=3"], ValueError, "24 ranks cannot hold TP x PP x CP = 32"),
         (
             ["launch.engines.tensor_parallel=3"],

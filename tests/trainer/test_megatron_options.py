@@ -157,6 +157,7 @@ def test_selective_recompute_takes_the_listed_modules():
         (2, 2, True, "blockwise"),
         (8, 2, True, "tensorwise"),
         (4, 1, False, "blockwise"),
+        (2, 2, True, "mxfp8"),
     ],
 )
 def test_rows_meet_megatron_and_te_divisibility_rules_at_every_length(tp, cp, sp, fp8_recipe):
@@ -174,4 +175,5 @@ def test_rows_meet_megatron_and_te_divisibility_rules_at_every_length(tp, cp, sp
         assert cp == 1 or rows % (2 * cp) == 0
         local = rows // cp // (tp if sp else 1)
         assert not sp or (rows // cp) % tp == 0
-        assert not fp8_recipe or local % (128 if fp8_recipe == "blockwise" else 16) == 0
+        fp8_rows = {"blockwise": 128, "mxfp8": 32}.get(fp8_recipe, 16)  # TE / Megatron alignment
+        assert not fp8_recipe or local % fp8_rows == 0
