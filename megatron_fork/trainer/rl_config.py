@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from megatron_fork.data.prompt_sets import DataConfig
 from megatron_fork.forking.config import ForkingLossConfig
+from megatron_fork.planning.layout import RECOMPUTE, RECOMPUTE_MODULES
 from megatron_fork.rewards.config import MathRewardConfig
 from megatron_fork.trainer.advantages import AdvantageConfig
 from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig
@@ -108,9 +109,7 @@ class OptimizerSettings:
         _require(self.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0")
 
 
-RECOMPUTE_CHOICES = ("none", "selective", "full")
-RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm", "moe_act", "shared_experts")
-"""Megatron-Core 0.16's selective recomputation modules for a dense model (and its MoE ones)."""
+RECOMPUTE_CHOICES = RECOMPUTE  # one list with the planner, which models each choice
 
 
 @dataclass(frozen=True)
