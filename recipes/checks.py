@@ -5,7 +5,6 @@ against the engines, and the memory plan of the most loaded GPU."""
 
 import math
 from pathlib import PurePosixPath
-from types import SimpleNamespace
 
 from megatron_fork.planning import (
     H100_80GB,
@@ -17,22 +16,19 @@ from megatron_fork.planning import (
     check_layout,
     plan_memory,
 )
-from megatron_fork.trainer.train_batch import check_batch_layout, row_multiple
+from megatron_fork.trainer.train_batch import check_batch_layout, layout_row_multiple
 from recipes.recipe import Recipe
 
 
 def context_multiple(recipe: Recipe) -> int:
-    """What the trainer pads every row to at this layout (``row_multiple`` reads these
-    TransformerConfig fields): the planned context must be a multiple, so the plan is exact."""
+    """What the trainer pads every row to at this layout: the planned context must be a
+    multiple, so the plan is exact."""
     parallel, precision = recipe.config.parallel, recipe.config.precision
-    return row_multiple(
-        SimpleNamespace(
-            context_parallel_size=parallel.context_parallel,
-            tensor_model_parallel_size=parallel.tensor_parallel,
-            sequence_parallel=parallel.sequence_parallel,
-            fp8=None if precision.fp8 == "none" else precision.fp8,
-            fp8_recipe=precision.fp8_recipe,
-        )
+    return layout_row_multiple(
+        parallel.context_parallel,
+        parallel.tensor_parallel,
+        parallel.sequence_parallel,
+        None if precision.fp8 == "none" else precision.fp8_recipe,
     )
 
 

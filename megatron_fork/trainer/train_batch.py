@@ -33,18 +33,30 @@ FP8 inputs' dimensions divide by 8/16; blockwise scaling works on 128-row tiles 
 MXFP8 on 1x32 blocks (Megatron's ``get_fp8_align_size``: 32)."""
 
 
-def row_multiple(config) -> int:
-    """What every row length must divide by for a model's ``TransformerConfig``: 8; 2 x CP
-    (Megatron's load-balanced CP split); TP x CP with sequence parallelism (each CP rank's
-    s / CP tokens are scattered over TP); with FP8 the local rows of a GEMM input (s / CP, and
-    / TP with sequence parallelism) times TE's FP8 row multiple."""
-    cp = config.context_parallel_size
-    tp = config.tensor_model_parallel_size if config.sequence_parallel else 1
+def layout_row_multiple(
+    context_parallel: int, tensor_parallel: int, sequence_parallel: bool, fp8_recipe: str | None
+) -> int:
+    """What every row length must divide by at a layout: 8; 2 x CP (Megatron's load-balanced CP
+    split); TP x CP with sequence parallelism (each CP rank's s / CP tokens are scattered over
+    TP); with FP8 (``fp8_recipe`` not None) the local rows of a GEMM input (s / CP, and / TP
+    with sequence parallelism) times TE's FP8 row multiple."""
+    cp = context_parallel
+    tp = tensor_parallel if sequence_parallel else 1
     multiple = math.lcm(SEQ_LEN_MULTIPLE, 2 * cp) if cp > 1 else SEQ_LEN_MULTIPLE
     multiple = math.lcm(multiple, tp * cp)
-    if config.fp8:
-        multiple = math.lcm(multiple, FP8_ROWS_MULTIPLE.get(config.fp8_recipe, 16) * tp * cp)
+    if fp8_recipe is not None:
+        multiple = math.lcm(multiple, FP8_ROWS_MULTIPLE.get(fp8_recipe, 16) * tp * cp)
     return multiple
+
+
+def row_multiple(config) -> int:
+    """``layout_row_multiple`` of a built model's ``TransformerConfig``."""
+    return layout_row_multiple(
+        config.context_parallel_size,
+        config.tensor_model_parallel_size,
+        config.sequence_parallel,
+        config.fp8_recipe if config.fp8 else None,
+    )
 
 
 def row_length(longest_sequence: int, multiple: int = SEQ_LEN_MULTIPLE) -> int:
