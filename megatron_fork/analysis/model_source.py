@@ -16,9 +16,9 @@ from pathlib import Path
 
 from transformers import Qwen3ForCausalLM
 
-from megatron_fork.analysis.rank0_objects import made_on_rank0
 from megatron_fork.data.tokenizer import SpecialTokenIds, load_tokenizer, special_token_ids
 from megatron_fork.models.hf_mapping import Qwen3Layout
+from megatron_fork.parallel.rank0 import made_on_rank0
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.trainer.actor import build_reference_model, read_model_config
 from megatron_fork.trainer.checkpoint import (

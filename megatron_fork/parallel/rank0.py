@@ -32,3 +32,12 @@ def from_rank0(work):
     if not ok:
         raise RuntimeError(f"rank 0 failed: {payload}")
     return payload
+
+
+def made_on_rank0(make):
+    """``make()`` on rank 0, its result kept there (None on the other ranks: it need not be
+    picklable, e.g. a writer or an engine). Collective: an error is raised on every rank, as
+    ``from_rank0`` raises it."""
+    made = []
+    from_rank0(lambda: made.append(make()))  # sends only "done" (None) or the error
+    return made[0] if made else None

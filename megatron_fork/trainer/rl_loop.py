@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_fork.atomic_files import write_text_atomically
-from megatron_fork.parallel.rank0 import from_rank0, is_rank0
+from megatron_fork.parallel.rank0 import from_rank0, is_rank0, made_on_rank0
 from megatron_fork.trainer.actor import (
     build_actor,
     build_reference_model,
@@ -92,18 +92,14 @@ def _run(config: RLConfig) -> dict | None:
     state = {"step": 0, "prompt_cursor": 0}
     if latest is not None:
         state = load_checkpoint(latest, actor.model, actor.optimizer)
-    controllers = []  # rank 0's, made inside from_rank0 so its errors reach every rank
 
-    def start_controller() -> int:
+    def start_controller() -> Controller:
         _write_run_config(config)
         resumed_step = state["step"] if latest is not None else -1  # -1: a fresh log
-        controllers.append(
-            Controller(config, actor.hf_config, state["prompt_cursor"], resumed_step)
-        )
-        return controllers[0].pad_id
+        return Controller(config, actor.hf_config, state["prompt_cursor"], resumed_step)
 
-    pad_id = from_rank0(start_controller)
-    controller = controllers[0] if controllers else None
+    controller = made_on_rank0(start_controller)  # its errors reach every rank
+    pad_id = from_rank0(lambda: controller.pad_id)
     engine = controller.engine if controller else None
     last = None
     try:
