@@ -19,7 +19,7 @@ from pathlib import Path
 from recipes.checks import check_paths_mounted, check_recipe
 from recipes.launch.slurm_options import SlurmOptions
 from recipes.recipe import Recipe
-from recipes.registry import RECIPES, build_recipe
+from recipes.registry import RECIPE_ERRORS, RECIPES, build_recipe, error_message
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         recipe, options = _checked(args)
-    except (KeyError, TypeError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"recipes: error: {message}", file=sys.stderr)
+    except RECIPE_ERRORS as error:
+        print(f"recipes: error: {error_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     _launch(args, recipe, options)

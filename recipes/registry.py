@@ -20,3 +20,12 @@ def build_recipe(name: str, overrides: list[str] = ()) -> Recipe:
     if name not in RECIPES:
         raise KeyError(f"no recipe {name!r}: choose one of {sorted(RECIPES)}")
     return RECIPES[name]().with_overrides(list(overrides))
+
+
+RECIPE_ERRORS = (KeyError, TypeError, ValueError)
+"""What building and checking a recipe raises for bad input (names, types, values)."""
+
+
+def error_message(error: Exception) -> str:
+    """One line for a ``RECIPE_ERRORS`` error (a KeyError's str() would add quotes)."""
+    return str(error.args[0] if isinstance(error, KeyError) and error.args else error)

@@ -24,7 +24,7 @@ from megatron_fork.planning import (  # noqa: E402
     estimate_step_time,
 )
 from recipes.checks import check_recipe, rollout_placement, training_layout  # noqa: E402
-from recipes.registry import RECIPES, build_recipe  # noqa: E402
+from recipes.registry import RECIPE_ERRORS, RECIPES, build_recipe, error_message  # noqa: E402
 
 
 def _args(argv):
@@ -57,9 +57,8 @@ def main(argv=None) -> None:
     args = _args(argv)
     try:
         recipe = build_recipe(args.recipe, args.overrides)
-    except (KeyError, TypeError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        raise SystemExit(f"plan: error: {message}") from None
+    except RECIPE_ERRORS as error:
+        raise SystemExit(f"plan: error: {error_message(error)}") from None
     launch = recipe.launch
     cluster = dataclasses.replace(
         H100_80GB,
