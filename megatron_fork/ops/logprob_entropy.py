@@ -118,9 +118,10 @@ class _VocabParallelLogprobEntropy(torch.autograd.Function):
             offset = grad_logprob[rows_c, None] + g_h * entropy[rows_c, None]  # [c, 1]
             grad = torch.addcmul(offset.neg(), log_p, g_h.neg(), out=log_p).mul_(p)
             del p
-            # + g_lp at the target, on the rank whose shard holds it.
-            rows_here = torch.nonzero(found[rows_c], as_tuple=True)[0]
-            grad[rows_here, target_local[rows_c][rows_here]] += grad_logprob[rows_c][rows_here]
+            # + g_lp at the target, on the rank whose shard holds it: a scatter over every row
+            # (rows without their target here add 0 at column 0), so no host sync for indices.
+            at_target = (grad_logprob[rows_c] * found[rows_c]).unsqueeze(-1)  # [c, 1]
+            grad.scatter_add_(-1, target_local[rows_c, None], at_target)
             if temperature != 1.0:
                 grad.div_(temperature)
             if not in_place:
