@@ -2,7 +2,8 @@
 
 Flat arguments, so configs never leak into module constructors. The layer spec is Transformer
 Engine's where TE is importable and the model is not built for the CPU backend, else the local
-spec (which runs on the CPU backend and on GPUs).
+spec (which runs on the CPU backend and on GPUs). On a GPU, Megatron's fused kernels are on
+where they import (``models.fusions``); on the CPU backend all are off.
 """
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 )
 from megatron.core.transformer import TransformerConfig
 
-from megatron_fork.backends.cpu.config import CPU_TRANSFORMER_OVERRIDES
+from megatron_fork.models.fusions import model_fusions
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def build_gpt_model(
     ``transformer_options``: further ``TransformerConfig`` fields (sequence parallel,
     recomputation, bf16/FP8; ``trainer.megatron_options``)."""
     skip_init = {} if initialize else dict.fromkeys(_INIT_METHODS, _leave_uninitialised)
+    use_te = HAVE_TE and not on_cpu
     if shape.vocab_size % tensor_parallel_size:
         raise ValueError(
             f"vocab_size {shape.vocab_size} must divide by the TP size {tensor_parallel_size}: "
@@ -101,12 +103,12 @@ def build_gpt_model(
         pipeline_dtype=params_dtype,
         calculate_per_token_loss=calculate_per_token_loss,
         **skip_init,
-        **(CPU_TRANSFORMER_OVERRIDES if on_cpu else {}),
+        **model_fusions(on_cpu),
         **(transformer_options or {}),
     )
     return GPTModel(
         config=config,
-        transformer_layer_spec=_layer_spec(use_te=HAVE_TE and not on_cpu),
+        transformer_layer_spec=_layer_spec(use_te),
         vocab_size=shape.vocab_size,
         max_sequence_length=shape.max_sequence_length,
         pre_process=pre_process,

@@ -29,12 +29,17 @@ The same tensor-by-tensor count for a Qwen3 block (``layer_parts``, per token):
     softmax_stats  flash attention's fp32 log-sum-exp per head                  4a
     fc1_input      fused norm+fc1 linear saves the normalised input              2h
     swiglu_input   fc1 output [gate | up], 2f wide                               4f
+    swiglu_activation  unfused SwiGLU only: silu(gate) and up + glu_linear_offset (a copy),
+                   both kept by the product                                       4f
     fc2_input      SwiGLU output                                                 2f
 with q = a*head_dim and kv = g*head_dim (GQA: k and v are g/a of q), no dropout (Qwen3 trains
 with attention and hidden dropout 0) and flash attention, which stores no a*s^2 scores (without
 it the scores cost 2as per token: the softmax output, kept for both its own backward and the
 attention-over-V one). Qwen3-8B: 137,344 bytes/token = 33.5h; Qwen3-32B: 250,112 = 48.9h
-(its f = 5h and q = 1.6h). Norms, QKV and fc1 inputs split by t only with sequence parallel.
+(its f = 5h and q = 1.6h), with Megatron's fused SwiGLU (``bias_activation_fusion``, on for
+every GPU model: ``models.fusions``); unfused (the CPU backend) a layer keeps 4f more per token
+(measured on megatron-core 0.16.1's ``MLP``: ``tests/models/test_fusions.py``).
+Norms, QKV and fc1 inputs split by t only with sequence parallel.
 Recomputation as Megatron-Core does it: "full" keeps the layer input (2h, /t with SP);
 "selective" drops what each of ``recompute_modules`` recomputes: core_attn the scores (with
 flash attention only the log-sum-exp: Megatron itself warns it is not needed there),
@@ -48,7 +53,7 @@ from megatron_fork.planning.sizes import ModelSize
 DROPPED_BY_MODULE = {
     "core_attn": ("attention_scores", "softmax_stats"),
     "layernorm": ("qkv_input", "fc1_input"),
-    "mlp": ("swiglu_input", "fc2_input"),
+    "mlp": ("swiglu_input", "swiglu_activation", "fc2_input"),
 }
 """Parts of ``layer_parts`` that each Megatron ``recompute_modules`` entry recomputes."""
 
@@ -94,9 +99,12 @@ def gpt_block(hidden_size: int, num_attention_heads: int) -> BlockShape:
     return BlockShape(h, num_attention_heads, h, h, 4 * h, False, False, True)
 
 
-def layer_parts(block: BlockShape, seq_len: int, flash: bool) -> dict[str, tuple[float, bool]]:
+def layer_parts(
+    block: BlockShape, seq_len: int, flash: bool, fused_swiglu: bool = True
+) -> dict[str, tuple[float, bool]]:
     """Bytes per token of each tensor a layer saves for backward -> (bytes, splits_by_tp),
-    where splits_by_tp is False for tensors that only sequence parallelism splits."""
+    where splits_by_tp is False for tensors that only sequence parallelism splits.
+    ``fused_swiglu``: Megatron's ``bias_activation_fusion`` (saves only its input)."""
     h, a, q, kv, f = (
         block.hidden_size,
         block.num_attention_heads,
@@ -116,6 +124,7 @@ def layer_parts(block: BlockShape, seq_len: int, flash: bool) -> dict[str, tuple
         "attention_dropout": (mask * h, False),
         "fc1_input": (2 * h, False),
         "swiglu_input": (2 * f * (2 if block.gated_mlp else 1), True),
+        "swiglu_activation": (4 * f if block.gated_mlp and not fused_swiglu else 0, True),
         "fc2_input": (2 * f, True),
         "mlp_dropout": (mask * h, False),
     }
@@ -130,6 +139,7 @@ def layer_bytes_per_token(
     recompute: str = "none",
     recompute_modules: tuple[str, ...] = (),
     flash: bool = True,
+    fused_swiglu: bool = True,
 ) -> float:
     """Bytes one layer keeps per token (of the tokens this GPU's CP rank holds) until backward."""
     t = tensor_parallel
@@ -139,7 +149,7 @@ def layer_bytes_per_token(
     if recompute == "selective":
         dropped = {name for m in recompute_modules for name in DROPPED_BY_MODULE[m]}
     total = 0.0
-    for name, (size, splits_by_tp) in layer_parts(block, seq_len, flash).items():
+    for name, (size, splits_by_tp) in layer_parts(block, seq_len, flash, fused_swiglu).items():
         if name not in dropped:
             total += size / (t if splits_by_tp or sequence_parallel else 1)
     return total

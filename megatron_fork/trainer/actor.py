@@ -7,6 +7,7 @@ and under torchrun/Slurm. On a machine without CUDA it enables the CPU backend.
 """
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,12 +50,12 @@ def init_parallel(parallel: ParallelConfig, seed: int) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         timeout = timedelta(minutes=parallel.collective_timeout_minutes)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
         if "RANK" in os.environ:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend, timeout=timeout)
-        else:
+        else:  # one process, no rendezvous: NCCL on a GPU too (gloo has no CUDA collectives)
             store = dist.HashStore()
-            dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=timeout)
+            dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
     if not torch.cuda.is_available():
         from megatron_fork.backends.cpu import enable_cpu_backend
 
@@ -71,6 +72,8 @@ def init_parallel(parallel: ParallelConfig, seed: int) -> None:
         tensor_model_parallel_size=parallel.tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
         context_parallel_size=parallel.context_parallel,
+        # Megatron's TP/PP/DP/CP groups wait as long as the world group (default: 30 min).
+        distributed_timeout_minutes=math.ceil(parallel.collective_timeout_minutes),
     )
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
@@ -106,6 +109,9 @@ class Actor:
     optimizer: object
     hf_config: Qwen3Config
     layout: Qwen3Layout
+    weight_decay: float = 0.0
+    """Decoupled weight decay of the weights; each parameter group gets it times its Megatron
+    ``wd_mult`` (0 for norms and biases), as Megatron's learning-rate scheduler applies it."""
 
     @property
     def vocab_size(self) -> int:
@@ -212,7 +218,9 @@ def build_actor(
         ),
         [ddp],
     )
-    return Actor(model=ddp, optimizer=optimizer, hf_config=hf_config, layout=layout)
+    actor = Actor(ddp, optimizer, hf_config, layout, weight_decay=optim.weight_decay)
+    set_learning_rate(actor, optim.lr)  # the decay of each group, from the first step on
+    return actor
 
 
 def learning_rate(optim: OptimizerSettings, step: int) -> float:
@@ -223,9 +231,13 @@ def learning_rate(optim: OptimizerSettings, step: int) -> float:
 
 
 def set_learning_rate(actor: Actor, lr: float) -> None:
-    """Every parameter group of Megatron's (chained) optimizer, as its own scheduler does."""
+    """Every parameter group of Megatron's (chained) optimizer, as its own scheduler does
+    (``OptimizerParamScheduler.step``): the rate, and the weight decay times the group's
+    ``wd_mult``. Megatron builds the groups without a ``weight_decay`` key, so without this the
+    optimizer's default decay would reach norms and biases too (``wd_mult`` 0)."""
     for group in actor.optimizer.param_groups:
         group["lr"] = lr
+        group["weight_decay"] = actor.weight_decay * group.get("wd_mult", 1.0)
 
 
 def optimizer_step(actor: Actor) -> dict:

@@ -54,7 +54,18 @@ def old_logprob_pass(
     model, shards: list[PolicyMicroBatch], config: ForkingLossConfig, groups: LossGroups
 ) -> list[LogprobEntropy] | None:
     """Forward-only pass: per micro-batch log-probs and entropies (last pipeline stage; None on
-    other stages)."""
+    other stages). Runs without autograd: Megatron's schedule does not turn it off for
+    ``forward_only``, and with it on every layer keeps its activations for a backward that
+    never comes (a training micro-batch's peak memory; ``tools/bench_old_pass_memory.py``)."""
+    with torch.no_grad():
+        return logprob_schedule(model, shards, config, groups)
+
+
+def logprob_schedule(
+    model, shards: list[PolicyMicroBatch], config: ForkingLossConfig, groups: LossGroups
+) -> list[LogprobEntropy] | None:
+    """The old pass's schedule under the caller's autograd mode (``old_logprob_pass`` is this
+    without grad; the benchmark measures both)."""
     outputs = get_forward_backward_func()(
         forward_step_func=make_logprob_forward_step(config, groups),
         data_iterator=iter(shards),
