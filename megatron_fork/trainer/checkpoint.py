@@ -1,23 +1,50 @@
 """Checkpoints in Megatron's distributed format: model and optimizer shards of every rank,
-readable at any TP/PP layout (Megatron reshards on load), plus a small JSON of trainer state
-and the model's Hugging Face config and tokenizer files (``hf/``).
+the weights readable at any TP/PP layout (Megatron reshards on load; the distributed
+optimizer's state see below), plus a small JSON of trainer state and the model's Hugging Face
+config and tokenizer files (``hf/``).
 
 A checkpoint is written into ``step_XXXXXXXX.tmp`` and renamed to ``step_XXXXXXXX`` only when
 every rank has finished, then ``latest`` is replaced atomically: a run killed mid-save leaves the
 previous checkpoint as the latest one and no half-written directory under a final name.
 Entry scripts must guard their body with ``if __name__ == "__main__":`` (the async writer
 starts helper processes with the spawn method, which re-imports the main module).
+
+Format of the distributed optimizer's state: ``dp_reshardable`` (``SHARDING_METADATA``, what
+Megatron-LM, NeMo and Megatron-Bridge pass by default). Each DP rank writes and reads its own
+slice of the flat fp32 main-weight and Adam buffers, with no gather and no extra memory. The
+state resumes at any DP size but only at the TP/PP layout it was saved at (and only into the
+distributed optimizer); a resume that does not fit is refused by name before anything is read.
+The model weights are independent of that choice and load at any TP/PP/DP layout, into either
+optimizer. Megatron's other choice, ``fully_reshardable``, would make the optimizer state load
+at any layout too, but on every save all-gathers each TP/PP shard's whole optimizer state
+(12 bytes per parameter: ~48 GB for Qwen3-8B at TP=2) into the host memory of every DP rank,
+and on every load has each rank read all of it (the Qwen3-8B recipe's 64 ranks would read
+~3 TB per resume). A layout change is rare (resumes use the recipe's layout); it keeps the
+weights and starts the optimizer afresh. (Without this metadata megatron-core 0.16.1 falls
+back to the deprecated ``fully_sharded_model_space``, whose ``flattened_range`` tensors its
+own checkpointing refuses on save and on load.)
+
+Checkpoints move between layer specs (a base model converted on CPU into the Transformer Engine
+model, a TE checkpoint read on CPU): ``checkpoint_fit`` checks a load's request against the
+checkpoint's index first and tolerates exactly the ``_extra_state`` that TE modules carry.
 """
 
 import json
 import shutil
 from pathlib import Path
 
+import torch
 from megatron.core import dist_checkpointing
 
 from megatron_fork.atomic_files import directory_written_atomically, write_text_atomically
 from megatron_fork.models.hf_directory import copy_hf_metadata
 from megatron_fork.parallel.rank0 import barrier, from_rank0, is_rank0
+from megatron_fork.trainer.checkpoint_fit import (
+    check_model_fits,
+    check_optimizer_fits,
+    drop_absent_extra_state,
+    load_model_state,
+)
 from megatron_fork.trainer.dcp_metadata import (
     DIST_METADATA_FILE,
     byte_entries_weights_only,
@@ -28,6 +55,14 @@ from megatron_fork.trainer.dcp_metadata import (
 LATEST_FILE = "latest"
 TRAINER_STATE_FILE = "trainer_state.json"
 HF_METADATA_DIR = "hf"
+SHARDING_METADATA = {
+    "distrib_optim_sharding_type": "dp_reshardable",
+    "singleton_local_shards": False,
+    "chained_optim_avoid_prefix": True,
+}
+"""What the model's and the optimizer's ``sharded_state_dict`` are told, as Megatron-LM's
+``_build_sharded_state_dict_metadata`` does (it is also saved as the checkpoint's content
+metadata). Megatron adds its ``dp_cp_group`` to the dict it is given, so each call gets a copy."""
 
 
 def checkpoint_dir(root: str | Path, step: int) -> Path:
@@ -36,9 +71,12 @@ def checkpoint_dir(root: str | Path, step: int) -> Path:
 
 def _sharded_state(model, optimizer, is_loading: bool) -> dict:
     module = getattr(model, "module", model)  # a DDP wrapper holds the model in .module
-    state = {"model": module.sharded_state_dict()}
+    metadata = dict(SHARDING_METADATA)
+    state = {"model": module.sharded_state_dict(metadata=metadata)}
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=is_loading)
+        state["optimizer"] = optimizer.sharded_state_dict(
+            state["model"], is_loading=is_loading, metadata=metadata
+        )
     return state
 
 
@@ -51,7 +89,8 @@ def write_checkpoint(
     checkpoint alone describes its model (conversion back to Hugging Face needs nothing else).
     """
     with directory_written_atomically(directory, is_rank0(), barrier) as tmp:
-        dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(tmp))
+        state = _sharded_state(model, optimizer, is_loading=False)
+        dist_checkpointing.save(state, str(tmp), content_metadata=dict(SHARDING_METADATA))
         from_rank0(lambda: _write_small_files(tmp, trainer_state, hf_metadata))
     return Path(directory)
 
@@ -126,10 +165,18 @@ def _load(path, model, optimizer) -> None:
     check_storage_files(path, metadata)
     with byte_entries_weights_only():
         state = _sharded_state(model, optimizer, is_loading=True)
+        absent = drop_absent_extra_state(state["model"], metadata)
+        check_model_fits(path, state["model"], metadata)
+        if optimizer is not None:
+            check_optimizer_fits(path, state["optimizer"], metadata)
         loaded = dist_checkpointing.load(state, str(path))
-    getattr(model, "module", model).load_state_dict(loaded["model"])
+    load_model_state(path, getattr(model, "module", model), loaded["model"], absent)
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        # The distributed optimizer copies the loaded main weights into its shards in place;
+        # for fp32 weights a shard is a view of the parameter (megatron-core 0.16.1
+        # distrib_optimizer.py:420-421, :940), which autograd refuses outside no_grad.
+        with torch.no_grad():
+            optimizer.load_state_dict(loaded["optimizer"])
 
 
 def prune_checkpoints(root, keep: int) -> None:

@@ -36,7 +36,8 @@ _ALLOWED_GLOBALS = {
     ("torch.serialization", "_get_layout"),  # layout name -> torch layout
 }  # fmt: skip
 """Every global a torch_dist index refers to (plain data classes and enums; no function that
-acts): found by recording the lookups of real checkpoints, with and without optimizer state."""
+acts): found by recording the lookups of real checkpoints, with and without optimizer state,
+the distributed optimizer's (``dp_reshardable``) included; dtypes pass by value below."""
 _TORCH_VALUE_TYPES = (torch.dtype, torch.layout, torch.memory_format)
 
 

@@ -30,8 +30,6 @@ def needs_gpu(parallel: ParallelConfig, precision: PrecisionConfig) -> list[str]
         reasons.append("parallel.context_parallel > 1 (TE's context-parallel attention)")
     if parallel.sequence_parallel:  # the local spec's torch norms refuse it
         reasons.append("parallel.sequence_parallel (TE's or Apex's norms)")
-    if parallel.distributed_optimizer:  # its buffers are typed torch.cuda.*Tensor
-        reasons.append("parallel.distributed_optimizer (CUDA parameter buffers)")
     if precision.fp8 != "none":
         reasons.append(f"precision.fp8={precision.fp8} (TE's FP8 GEMMs)")
     return reasons

@@ -41,7 +41,7 @@ def test_production_settings_map_onto_megatron_fields():
         "params_dtype": torch.bfloat16,
         "use_distributed_optimizer": True,
     }
-    assert len(needs_gpu(parallel, precision)) == 3  # SP, distributed optimizer, FP8
+    assert len(needs_gpu(parallel, precision)) == 2  # SP, FP8 (the distributed optimizer runs)
     selective = transformer_options(ParallelConfig(recompute="selective"), PrecisionConfig())
     assert selective["recompute_modules"] == ["core_attn"]
 
@@ -91,9 +91,10 @@ def _refusal_worker(rank, world):
     from megatron_fork.trainer.actor import megatron_model
 
     init_megatron()
-    parallel = ParallelConfig(distributed_optimizer=True)
-    with pytest.raises(ValueError, match="distributed_optimizer.*needs CUDA and Transformer"):
-        megatron_model(tiny_qwen3_config(), parallel)
+    fp8 = PrecisionConfig(params="bf16", fp8="e4m3")
+    with pytest.raises(ValueError, match="precision.fp8=e4m3.*needs CUDA and Transformer"):
+        megatron_model(tiny_qwen3_config(), ParallelConfig(), fp8)
+    megatron_model(tiny_qwen3_config(), ParallelConfig(distributed_optimizer=True))  # CPU too
 
 
 def test_gpu_only_features_are_refused_on_cpu_by_name():

@@ -100,6 +100,7 @@ LAYOUTS = [
     # Megatron's memory savers change where activations and optimizer states live, not the maths.
     "parallel.tensor_parallel=2 parallel.recompute=selective",
     "parallel.recompute=full",  # DP=2
+    "parallel.distributed_optimizer=True",  # DP=2, ZeRO-1 over gloo; saves a checkpoint
 ]
 
 

@@ -13,6 +13,10 @@ Index of patches:
 - ``patch_clip_grads``: gradient clipping by total norm accepts CPU fp32 gradients.
 - ``patch_causal_mask``: the default causal attention mask built on the CPU.
 - ``patch_embedding_sync``: tied embeddings under PP > 1 synced on the CPU.
+- ``patch_distributed_optimizer``: the distributed optimizer (ZeRO-1) accepts CPU parameters;
+  its reduce-scatter and all-gather run on gloo as they are.
+- ``patch_distributed_optimizer_adam_step``: torch Adam's per-parameter step kept through the
+  distributed optimizer's checkpoints (a resume into a fresh optimizer, with the right step).
 
 Models built on this backend need a ``TransformerConfig`` without fused kernels; see
 ``megatron_fork.backends.cpu.config.CPU_TRANSFORMER_OVERRIDES``.
@@ -35,6 +39,8 @@ PATCHES: tuple[str, ...] = (
     "patch_clip_grads",
     "patch_causal_mask",
     "patch_embedding_sync",
+    "patch_distributed_optimizer",
+    "patch_distributed_optimizer_adam_step",
 )
 
 _undo_stack: list = []
