@@ -1,9 +1,11 @@
 """Weight sync throughput: the trainer's rank 0 pushing a model to rollout servers.
 
 Starts CPU rollout servers (their own processes, ``--load-format dummy``), then times full
-syncs through ``ServerRolloutEngine`` (pause, flush, per bucket: announce over HTTP + gloo
-broadcast, version) for each bucket size, against a plain in-process tensor copy of the same
-bytes measured in the same run. Prints GB/s and the ratio.
+syncs through ``ServerRolloutEngine.update_weights`` (pause, flush, per bucket: announce over
+HTTP + gloo broadcast by its one ``StageSender``, version) for each bucket size, against a
+plain in-process tensor copy of the same bytes measured in the same run. Prints GB/s and the
+ratio. A pipeline-parallel trainer sends each stage the same way from its own leader, stage
+after stage, so a sync takes about the sum of its stages' times.
 
 Usage:  .venv/bin/python tools/bench_weight_sync.py [--hidden 1024] [--layers 8]
         [--vocab 32000] [--servers 2] [--bucket-mb 16 64 512] [--repeats 2]

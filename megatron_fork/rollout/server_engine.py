@@ -1,18 +1,22 @@
 """``RolloutEngine`` over rollout servers that speak sglang's protocol (sglang on GPUs, the CPU
-server here): requests spread over the servers, weights broadcast to all of them.
+server here): requests spread over the servers; the controller's side of a weight sync.
 
 - Generation: the batch is split over the servers that serve the expected weight version; a
   server that fails to answer (no answer, 5xx, timeout) is marked down and its requests go to
   the others; one that answers at another weight version is refused (its samples are never
   used) and marked for a resync; requests that come back aborted are sent again. A request
   the server refuses (4xx) raises: every server would refuse it.
-- Weights: the first bucket of a sync restarts servers that are down (when a pool supervises
-  them), (re)forms the weight-update group when its members changed or a sync failed (the
-  trainer is rank 0), pauses generation (abort) and flushes caches; every bucket is announced to
-  all servers, then broadcast; the version comes last (``/update_weight_version``), after which
-  generation continues and every server must report that version. A failure anywhere in a sync
-  raises at once and leaves every server marked for a full resync, so partial weights never
+- Weights, the controller's side (rank 0): ``begin_sync`` restarts servers that are down (when a
+  pool supervises them), pauses generation (abort), flushes caches and hands out a ``SyncPlan``
+  (servers, options, and an epoch that tells senders to form their groups anew when members
+  changed or a sync failed); the buckets are sent by each pipeline stage's own
+  ``StageSender`` (``stage_sender.py``, driven by ``trainer/weight_sync.py``); ``finish_sync``
+  sets the version (``/update_weight_version``) once every stage's last bucket is in, after
+  which generation continues and every server must report that version. ``abandon_sync`` after
+  a failure anywhere leaves every server marked for a full resync, so partial weights never
   serve; a restarted server serves only once it holds the current weights.
+- ``update_weights`` runs a whole sync in this process through one sender of its own (a model
+  held in one process, e.g. tests and ``tools/bench_weight_sync.py``).
 """
 
 import time
@@ -21,15 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from megatron_fork.rollout.flattened_bucket import flatten_bucket
-from megatron_fork.rollout.fp8 import fp8_named_tensors
 from megatron_fork.rollout.http_client import ServerClient, ServerError
-from megatron_fork.rollout.server_sync import form_weight_group, on_every_server
-from megatron_fork.rollout.sglang_protocol import (
-    UpdateWeightsFromDistributed,
-)
+from megatron_fork.rollout.server_sync import on_every_server
+from megatron_fork.rollout.stage_sender import StageSender, SyncPlan
 from megatron_fork.rollout.types import GenerationRequest, Sample
-from megatron_fork.rollout.weight_group import WeightGroup, dtype_name
 
 MAX_ATTEMPTS = 4
 """Times a request is sent before the batch fails (server failures and aborts)."""
@@ -62,15 +61,19 @@ class ServerRolloutEngine:
         server is only resynced. Servers must start at weight ``version``. ``fp8_block``: send
         linear weights as blockwise FP8 with their scales (engines serving FP8).
         ``flattened_buckets``: one uint8 broadcast per bucket (sglang's ``flattened_bucket``).
-        ``tp_sizes``: each engine's TP size (its ranks in the weight-update group; default 1)."""
+        ``tp_sizes``: each engine's TP size (its ranks in the weight-update group; default 1).
+        ``master_address``: where ``update_weights``' own sender hosts its group's store
+        (``StageSender``); stage leaders of a distributed sync use their own."""
         self.fp8_block, self.flattened_buckets = fp8_block, flattened_buckets
         self.clients = [ServerClient(url, request_timeout_s, api_key) for url in urls]
-        self.pool, self.master_address, self.backend = pool, master_address, backend
+        self.pool, self.backend, self.api_key = pool, backend, api_key
+        self.request_timeout_s = request_timeout_s
         self.tp_sizes = list(tp_sizes or [1] * len(urls))
         self._version = version
         self._state = [UP] * len(urls)
-        self._group: WeightGroup | None = None
+        self._epoch = 0
         self._syncing = False
+        self._sender = StageSender(master_address)
         self.counters = {"requests_retried": 0, "servers_restarted": 0}
 
     @property
@@ -127,51 +130,87 @@ class ServerRolloutEngine:
                 results[j] = sample
         return retry
 
+    def begin_sync(self) -> SyncPlan:
+        """The controller's first step of a sync (rank 0, before any stage sends): servers
+        that are down are restarted (when a pool supervises them), generation is paused (abort)
+        and caches flushed; the plan every stage's sender follows. A failure abandons the sync."""
+        try:
+            if self._restart_down_servers():
+                self._epoch += 1  # the group's members changed: every sender forms it anew
+            for client in self.clients:
+                client.pause("abort")
+                self._flush(client)
+        except BaseException:
+            self.abandon_sync()
+            raise
+        self._syncing = True
+        return SyncPlan(
+            urls=tuple(client.url for client in self.clients),
+            tp_sizes=tuple(self.tp_sizes),
+            epoch=self._epoch,
+            backend=self.backend,
+            fp8_block=self.fp8_block,
+            flattened_buckets=self.flattened_buckets,
+            request_timeout_s=self.request_timeout_s,
+            api_key=self.api_key,
+        )
+
+    def finish_sync(self, version: int) -> None:
+        """The controller's last step, once every stage's last bucket is in: the version
+        (``/update_weight_version``) on every server, then generation continues and every server
+        must report that version. A failure abandons the sync."""
+        try:
+            on_every_server(
+                self.clients,
+                lambda i, client: client.call(
+                    "/update_weight_version", {"new_version": str(version)}
+                ),
+                during=lambda: None,
+            )
+            self._version, self._syncing = version, False
+            for i, client in enumerate(self.clients):
+                client.resume()
+                reported = client.weight_version()
+                if reported != version:
+                    raise StaleWeightsError(f"{client.url} reports version {reported} after sync")
+                self._state[i] = UP
+        except BaseException:
+            self.abandon_sync()
+            raise
+
+    def abandon_sync(self) -> None:
+        """After a failed sync (anywhere, any stage): servers hold partial weights and the
+        groups may be broken, so every server needs a full resync over groups formed anew
+        (the epoch moves on), and a server that died is restarted at the next sync."""
+        self._syncing = False
+        self._epoch += 1
+        for i, client in enumerate(self.clients):
+            dead = self.pool is not None and not self.pool.alive(i)
+            if dead or not client.answers():
+                self._state[i] = DOWN
+            elif self._state[i] != DOWN:
+                self._state[i] = RESYNC
+
     def update_weights(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None
     ) -> None:
+        """The whole sync in this process (one sender: a trainer without pipeline stages, or
+        a model held here): the first bucket begins it, a ``version`` ends it."""
         bucket = [(name, tensor.detach().contiguous()) for name, tensor in named_tensors]
         if not bucket and version is None:
             return
         try:
             if not self._syncing:
-                self._begin_sync()
+                self._sender.begin(self.begin_sync())
             if bucket:
-                self._send_bucket(bucket)
-            if version is not None:
-                self._finish_sync(version)
+                self._sender.send(bucket)
         except BaseException:
-            self._abandon_sync()
+            self._sender.abandon()
+            if self._syncing:
+                self.abandon_sync()
             raise
-
-    def _send_bucket(self, bucket: list) -> None:
-        if self.fp8_block is not None:
-            bucket = list(fp8_named_tensors(bucket, self.fp8_block))
-        update = UpdateWeightsFromDistributed(
-            names=tuple(name for name, _ in bucket),
-            dtypes=tuple(dtype_name(t.dtype) for _, t in bucket),
-            shapes=tuple(tuple(t.shape) for _, t in bucket),
-            group_name=self._group.name,
-            load_format="flattened_bucket" if self.flattened_buckets else None,
-        )
-        wire = [flatten_bucket(bucket)] if self.flattened_buckets else [t for _, t in bucket]
-        on_every_server(
-            self.clients,
-            lambda i, client: client.update_weights_from_distributed(update),
-            during=lambda: self._group.broadcast(wire),
-        )
-
-    def _begin_sync(self) -> None:
-        restarted = self._restart_down_servers()
-        if self._group is None or restarted:
-            self._drop_group()
-            self._group = form_weight_group(
-                self.clients, self.tp_sizes, self.master_address, self.backend
-            )
-        for client in self.clients:
-            client.pause("abort")
-            self._flush(client)
-        self._syncing = True
+        if version is not None:
+            self.finish_sync(version)
 
     def _restart_down_servers(self) -> bool:
         down = [i for i, state in enumerate(self._state) if state == DOWN]
@@ -185,32 +224,6 @@ class ServerRolloutEngine:
             self.counters["servers_restarted"] += 1
         return bool(down)
 
-    def _drop_group(self) -> None:
-        if self._group is None:
-            return
-        for client, state in zip(self.clients, self._state, strict=True):
-            if state != DOWN:
-                try:
-                    body = {"group_name": self._group.name}
-                    client.call("/destroy_weights_update_group", body)
-                except ServerError:
-                    pass  # it will be restarted or fail the next group's init, by name
-        self._group.destroy()
-        self._group = None
-
-    def _abandon_sync(self) -> None:
-        """After a failed sync: servers hold partial weights, the group may be broken, and a
-        server that died is restarted at the next sync."""
-        if self._group is not None:
-            self._group.destroy()
-        self._syncing, self._group = False, None
-        for i, client in enumerate(self.clients):
-            dead = self.pool is not None and not self.pool.alive(i)
-            if dead or not client.answers():
-                self._state[i] = DOWN
-            elif self._state[i] != DOWN:
-                self._state[i] = RESYNC
-
     @staticmethod
     def _flush(client: ServerClient, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -223,23 +236,7 @@ class ServerRolloutEngine:
                     raise
                 time.sleep(0.05)
 
-    def _finish_sync(self, version: int) -> None:
-        on_every_server(
-            self.clients,
-            lambda i, client: client.call("/update_weight_version", {"new_version": str(version)}),
-            during=lambda: None,
-        )
-        self._version, self._syncing = version, False
-        for i, client in enumerate(self.clients):
-            client.resume()
-            reported = client.weight_version()
-            if reported != version:
-                raise StaleWeightsError(f"{client.url} reports version {reported} after sync")
-            self._state[i] = UP
-
     def close(self) -> None:
-        if self._group is not None:
-            self._group.destroy()
-            self._group = None
+        self._sender.close()
         if self.pool is not None:
             self.pool.close()

@@ -1,12 +1,13 @@
-"""The trainer's side of a weight update on several servers at once: every server gets its HTTP
-call without waiting (each blocks in the collective), the trainer takes part in the collective
-here, and the first failure on any side is raised at once, not after the others time out."""
+"""One trainer process's side of a weight update on several servers at once: every server gets
+its HTTP call without waiting (each blocks in the collective), the trainer takes part in the
+collective here, and the first failure on any side is raised at once, not after the others time
+out. Used by each pipeline stage's sender (``stage_sender.py``) for its own group."""
 
 import threading
 import uuid
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
-from megatron_fork.rollout.http_client import ServerClient
+from megatron_fork.rollout.http_client import ServerClient, ServerError
 from megatron_fork.rollout.sglang_protocol import DEFAULT_GROUP_NAME, InitWeightsUpdateGroup
 from megatron_fork.rollout.weight_group import WeightGroup, join_weight_group, master_store
 
@@ -51,14 +52,19 @@ def rank_offsets(tp_sizes: list[int]) -> list[int]:
 
 
 def form_weight_group(
-    clients: list[ServerClient], tp_sizes: list[int], address: str, backend: str
+    clients: list[ServerClient],
+    tp_sizes: list[int],
+    address: str,
+    backend: str,
+    prefix: str = DEFAULT_GROUP_NAME,
 ) -> WeightGroup:
-    """A fresh group of the trainer (rank 0, hosting the store on a free port) and every
-    server's TP ranks, under a name of its own (torch refuses a group name twice in a
-    process, and a failed group cannot always be torn down)."""
+    """A fresh group of this trainer process (rank 0, hosting the store on a free port of
+    ``address``) and every server's TP ranks, under a name of its own: ``prefix`` and a random
+    tail (torch refuses a group name twice in a process, a failed group cannot always be torn
+    down, and a server keeps one group per name, so several senders' groups live side by side)."""
     world = 1 + sum(tp_sizes)
     store = master_store(address, world)
-    name = f"{DEFAULT_GROUP_NAME}_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     inits = [
         InitWeightsUpdateGroup(address, store.port, offset, world, group_name=name, backend=backend)
         for offset in rank_offsets(tp_sizes)
@@ -68,3 +74,18 @@ def form_weight_group(
         lambda i, client: client.init_weights_update_group(inits[i]),
         during=lambda: join_weight_group(store, 0, world, name, backend),
     )
+
+
+def release_group_on_servers(clients: list[ServerClient], name: str, timeout_s: float) -> None:
+    """Best effort, all servers at once: each server drops group ``name``
+    (``/destroy_weights_update_group``). A server that is gone, restarted (it answers 400: no
+    such group) or stuck is left alone: a restart drops its groups anyway."""
+
+    def release(client: ServerClient) -> None:
+        try:
+            client.call("/destroy_weights_update_group", {"group_name": name}, timeout_s)
+        except ServerError:
+            pass
+
+    with ThreadPoolExecutor(max(1, len(clients))) as pool:
+        list(pool.map(release, clients))

@@ -1,14 +1,17 @@
-"""The process group that carries weights from the trainer to rollout engines, apart from the
-trainer's own: the trainer is rank 0 and hosts the rendezvous store, engine TP rank r of an
-engine joins at ``rank_offset + r`` (sglang's ``/init_weights_update_group``). Gloo on CPU,
-NCCL on GPUs. A bucket travels as one broadcast from rank 0 per tensor, in the order of its
-names (sglang's default ``load_format``), or as one uint8 buffer (``flattened_bucket``).
+"""A process group that carries weights from one trainer process to rollout engines, apart from
+the trainer's own: the sending process (a pipeline stage's leader; one group per stage) is
+rank 0 and hosts the rendezvous store, engine TP rank r of an engine joins at
+``rank_offset + r`` (sglang's ``/init_weights_update_group``). Gloo on CPU, NCCL on GPUs (the
+tensors then live on the sender's GPU). A bucket travels as one broadcast from rank 0 per
+tensor, in the order of its names (sglang's default ``load_format``), or as one uint8 buffer
+(``flattened_bucket``).
 
 Both sides build the group the way sglang's ``init_custom_process_group`` does (a TCP store,
 ``PrefixStore(group_name)``, then torch's process-group helper with ``group_name``), so the
 store keys of the trainer and of a real sglang engine meet; the CPU server uses the same code.
 """
 
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -51,10 +54,13 @@ class WeightGroup:
             pass  # already gone, or broken by a dead member: nothing left to release
 
     def broadcast(self, tensors: list[torch.Tensor]) -> None:
-        """Rank 0 sends ``tensors``, every other rank receives into its own, in order."""
+        """Rank 0 sends ``tensors``, every other rank receives into its own, in order. GPU
+        tensors go out under their own device (callers broadcast from a helper thread, whose
+        current device is not the rank's)."""
         for tensor in tensors:
             wire = tensor.view(torch.uint8) if tensor.dtype in _BYTE_WIRE else tensor
-            dist.broadcast(wire, src=0, group=self.group)
+            with torch.cuda.device(wire.device) if wire.is_cuda else contextlib.nullcontext():
+                dist.broadcast(wire, src=0, group=self.group)
 
 
 def master_store(address: str, world_size: int, timeout=DEFAULT_TIMEOUT) -> TCPStore:

@@ -52,8 +52,10 @@ class RolloutConfig:
     weight_backend: str = "gloo"
     """The trainer -> engines collective: "gloo" (CPU servers), "nccl" (sglang on GPUs)."""
     master_address: str = "127.0.0.1"
-    """Where rank 0 hosts the weight-update store (its address on the cluster network when the
-    engines run on other nodes)."""
+    """Where each pipeline stage's leader hosts its weight-update group's store, as the engines
+    reach it: loopback for local servers; "hostname" for the host name of the process that
+    reads it, so leaders on different nodes each name their own (``recipes.train`` sets each
+    process's own host name)."""
     server_tp_size: int = 1
     """GPUs per engine at ``server_urls`` (each TP rank joins the weight-update group)."""
     engine_startup_timeout_s: float = 1800.0

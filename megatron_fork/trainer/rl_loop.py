@@ -36,7 +36,7 @@ from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.progress import StepProgress
 from megatron_fork.trainer.rl_config import RLConfig
 from megatron_fork.trainer.train_batch import check_batch_layout, train_on_samples
-from megatron_fork.trainer.weight_sync import sync_weights
+from megatron_fork.trainer.weight_sync import WeightSync
 
 RUN_CONFIG_FILE = "run_config.json"
 
@@ -101,11 +101,16 @@ def _run(config: RLConfig) -> dict | None:
     controller = made_on_rank0(start_controller)  # its errors reach every rank
     pad_id = from_rank0(lambda: controller.pad_id)
     engine = controller.engine if controller else None
+    weights = WeightSync(
+        actor.model,
+        actor.layout,
+        engine,
+        config.rollout.weight_bucket_bytes,
+        store_address=config.rollout.master_address,  # each stage leader's own host
+    )
     last = None
     try:
-        sync_weights(
-            actor.model, actor.layout, engine, state["step"], config.rollout.weight_bucket_bytes
-        )
+        weights.sync(state["step"])
         if state["step"] == 0:
             from_rank0(
                 lambda: controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
@@ -113,12 +118,13 @@ def _run(config: RLConfig) -> dict | None:
         with StepProgress(config.steps, state["step"], config.progress and is_rank0()) as bar:
             for step in range(state["step"] + 1, config.steps + 1):
                 last = _rl_step(
-                    config, actor, reference, groups, loss_config, controller, pad_id, step
+                    config, actor, reference, groups, loss_config, controller, weights, pad_id, step
                 )
                 bar.advance(last or {})
                 if _due(config.checkpoint_every, step, config):
                     _checkpoint(config, checkpoints, step, actor, controller)
     finally:
+        weights.close()
         if controller:
             controller.close()
     return last
@@ -148,7 +154,7 @@ def _checkpoint(config: RLConfig, root: Path, step: int, actor, controller) -> N
 
 
 def _rl_step(
-    config, actor, reference, groups, loss_config, controller, pad_id, step
+    config, actor, reference, groups, loss_config, controller, weights, pad_id, step
 ) -> dict | None:
     """One RL step on every rank; its metrics (logged) on rank 0."""
     start = time.perf_counter()
@@ -178,8 +184,7 @@ def _rl_step(
     train_metrics = _gather_last_stage_metrics(train_metrics)
     if train_metrics is not None:  # rank 0
         train_metrics["optim/lr"] = lr
-    engine = controller.engine if controller else None
-    sync_weights(actor.model, actor.layout, engine, step, config.rollout.weight_bucket_bytes)
+    weights.sync(step)
     train_s = time.perf_counter() - start - rollout_s
 
     def evaluate_and_log() -> None:

@@ -1,6 +1,9 @@
-"""Weight sync: a Megatron Qwen3 (TP=2, or PP=2) streams its weights through the one mapping,
-in size-bounded buckets, into the torch rollout engine, which then gives the same next-token
-distribution as the Megatron model; again after the trainer's weights change.
+"""Weight sync into the torch rollout engine on rank 0 (``sync_weights``): a Megatron Qwen3
+(TP=2, or PP=2) streams its weights through the one mapping, in size-bounded buckets, and the
+engine then gives the same next-token distribution as the Megatron model; again after the
+trainer's weights change. At PP=2 the second stage's leader sends its weights to rank 0 as
+tensors (point to point, its stage's bytes exactly), not pickled. Weight sync to rollout
+servers, stage by stage: ``test_stage_weight_sync.py``.
 
 Multi-rank tests assert inside each rank's worker (``_..._worker``); ``run_distributed``
 re-raises the first failing rank's error in the test.
@@ -46,26 +49,22 @@ def _megatron_log_probs(model, tp_group, vocab):
     return torch.log_softmax(logits[..., :vocab], dim=-1)
 
 
-def _push_weights(model, layout, engine, version):
-    """Every stage streams its HF-named tensors; rank 0 (holding the engine) applies them."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+def _count_tensor_sends(log: dict) -> None:
+    """Bytes this process sends as tensors point to point (``dist.send``)."""
+    send = dist.send
 
-    from megatron_fork.models.hf_mapping import iter_hf_weights, size_bounded_buckets
+    def counted(tensor, *args, **kwargs):
+        log["tensor_bytes"] += tensor.numel() * tensor.element_size()
+        return send(tensor, *args, **kwargs)
 
-    offset = get_transformer_layer_offset(model.config)
-    stream = iter_hf_weights(model, layout, ps.get_tensor_model_parallel_group(), offset)
-    buckets = list(size_bounded_buckets(stream, BUCKET_BYTES))
-    for bucket in buckets:
-        assert sum(t.numel() * t.element_size() for _, t in bucket) <= BUCKET_BYTES or (
-            len(bucket) == 1
-        )
-    every_rank = [None] * dist.get_world_size()
-    dist.all_gather_object(every_rank, buckets)  # stands in for the engine's transport
-    if engine is not None:
-        for rank_buckets in every_rank:
-            for bucket in rank_buckets:
-                engine.update_weights(bucket, version=version)
+    dist.send = counted
+
+
+def _stage1_bytes(hf_model) -> int:
+    """fp32 bytes of the second stage's HF tensors (2 layers over 2 stages)."""
+    second = ("model.layers.1.", "model.norm.", "lm_head.")
+    named = hf_model.state_dict().items()
+    return sum(4 * t.numel() for name, t in named if name.startswith(second))
 
 
 def _sync_worker(rank, world, tp, pp):
@@ -74,6 +73,7 @@ def _sync_worker(rank, world, tp, pp):
     from megatron_fork.models.hf_mapping import Qwen3Layout
     from megatron_fork.models.qwen3 import build_qwen3_model
     from megatron_fork.rollout.torch_engine import TorchRolloutEngine
+    from megatron_fork.trainer.weight_sync import sync_weights
 
     init_megatron(tp=tp, pp=pp, seed=11)
     hf_config = tiny_qwen3_config()
@@ -88,9 +88,14 @@ def _sync_worker(rank, world, tp, pp):
     layout = Qwen3Layout.from_hf_config(hf_config)
     engine = TorchRolloutEngine(tiny_qwen3_model(seed=99)) if rank == 0 else None
     last_stage_rank = dist.get_world_size() - 1  # holds the last stage's TP rank 0 or 1
+    log = {"tensor_bytes": 0}
+    _count_tensor_sends(log)
 
     for version in (1, 2):
-        _push_weights(model, layout, engine, version)
+        log["tensor_bytes"] = 0
+        sync_weights(model, layout, engine, version, BUCKET_BYTES)
+        if pp == 2 and rank == 1:  # the second stage's leader: its weights went as tensors
+            assert log["tensor_bytes"] == _stage1_bytes(tiny_qwen3_model()), log
         expected = _megatron_log_probs(model, ps.get_tensor_model_parallel_group(), 60)
         box = [expected]
         dist.broadcast_object_list(box, src=last_stage_rank)
