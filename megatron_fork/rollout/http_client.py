@@ -57,6 +57,9 @@ class ServerClient:
         return samples_from_response(self.call("/generate", generate_payload(requests)), requests)
 
     def healthy(self, timeout_s: float = 20.0) -> bool:
+        """Whether the server generates (``/health_generate`` runs a one-token generation):
+        readiness after a start. sglang answers 503 while it warms up, and while generation
+        is paused (after its 20 s probe timeout), so this is no liveness check."""
         try:
             self.call("/health_generate", timeout_s=timeout_s)
             return True
@@ -64,9 +67,12 @@ class ServerClient:
             return False
 
     def answers(self, timeout_s: float = 5.0) -> bool:
-        """Whether the server answers ``/health`` at all (it may be busy, not dead)."""
+        """Whether the server answers at all (it may be busy or paused, not dead): a read of
+        ``/model_info``, which generates nothing. sglang's ``/health`` is no such probe: it
+        runs a generation (SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION, on by default) and
+        waits on a pause."""
         try:
-            self.call("/health", timeout_s=timeout_s)
+            self.call("/model_info", timeout_s=timeout_s)
             return True
         except ServerError:
             return False

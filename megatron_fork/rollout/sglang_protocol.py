@@ -10,8 +10,26 @@ field against ``managers/io_struct.py``'s ``*ReqInput`` classes) (``entrypoints/
 honours them with ``--enable-deterministic-inference``); the response's ``meta_info`` with
 ``finish_reason``, ``output_token_logprobs`` ([logprob, id, text] per token) and
 ``weight_version`` (a string in sglang; integers here, sent as their decimal string).
+
+Rules of sglang 0.5.15.post1 a client must keep (the CPU server keeps the first and third):
+- ``rid``s are unique within a ``/generate`` batch (400 "Duplicate request IDs detected within
+  the request", ``io_struct.py`` ``_validate_rid_uniqueness``) and against requests still in
+  flight on the server, paused ones included (400 "Duplicate request ID detected",
+  ``tokenizer_manager.py`` ``_init_req_state``). Aborts match by prefix
+  (``scheduler.py`` ``abort_request``: ``req.rid.startswith``), and a client that disconnects
+  aborts its requests, so ids should be prefix-free (``rollout_phase.request_id``).
+- An aborted output still carries ``output_ids`` and log-probs, the latter sliced to
+  ``max(len(output_ids), 1)``: read ``finish_reason`` before checking them.
+- ``/health`` is ``/health_generate`` (SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION defaults on): a
+  one-token generation that waits on a pause and answers 503 after SGLANG_HEALTH_CHECK_TIMEOUT
+  (20 s), and 503 while the server warms up; a liveness probe reads ``/model_info`` instead
+  (``/ping`` answers too). ``/health*`` needs no API key; ``/model_info`` and ``/ping`` do.
+- ``/update_weight_version`` aborts running requests unless ``abort_all_requests=false``;
+  ``/continue_generation`` empties the CUDA cache unless ``torch_empty_cache=false``.
 """
 
+import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from megatron_fork.rollout.types import FinishReason, GenerationRequest, Sample, SamplingParams
@@ -61,17 +79,21 @@ def _sampling_dict(params: SamplingParams) -> dict:
 
 
 def requests_from_payload(body: dict) -> list[GenerationRequest]:
-    """The server side of ``generate_payload``: unknown sampling keys are refused as sglang
-    refuses them, and only what this protocol sends is accepted."""
+    """The server side of ``generate_payload``: unknown sampling keys and a batch that repeats a
+    request id are refused as sglang refuses them, and only what this protocol sends is
+    accepted."""
     if "text" in body:
         raise ProtocolError("this server takes input_ids (token ids), not text")
     ids, params = body.get("input_ids"), body.get("sampling_params")
     if not isinstance(ids, list) or not all(isinstance(row, list) for row in ids):
         raise ProtocolError("input_ids must be a list of token-id lists")
     params = params if isinstance(params, list) else [params or {}] * len(ids)
-    rids = body.get("rid") or [""] * len(ids)
+    rids = body.get("rid") or [uuid.uuid4().hex for _ in ids]  # sglang's default: fresh ids
     if len(params) != len(ids) or len(rids) != len(ids):
         raise ProtocolError("input_ids, sampling_params and rid must have the same length")
+    repeated = [rid for rid, count in Counter(rids).items() if count > 1]
+    if repeated:  # sglang's GenerateReqInput._validate_rid_uniqueness, its words
+        raise ProtocolError(f"Duplicate request IDs detected within the request: {repeated}")
     return [
         GenerationRequest(tuple(row), _sampling_params(p), str(rid))
         for row, p, rid in zip(ids, params, rids, strict=True)
@@ -138,29 +160,45 @@ def samples_from_response(outputs, requests: list[GenerationRequest]) -> list[Sa
 
 
 def _sample(out: dict, request: GenerationRequest) -> Sample:
+    """Its finish reason is read first: an aborted answer is re-sent by the caller, never
+    trained on, so it is kept only as far as its log-prob ids agree with its ``output_ids``
+    (sglang cuts log-probs at ``max(len(output_ids), 1)``: an abort with no ids may carry one)
+    and never fails the batch; any other answer must agree in full."""
     try:
         meta = out["meta_info"]
-        pairs = meta["output_token_logprobs"]
         finish = meta["finish_reason"] or {"type": "abort"}
+        kind = finish.get("type")
         output_ids = tuple(int(t) for t in out["output_ids"])
-        logprobs = tuple(float(lp) for lp, _, _ in pairs)
         version = int(meta["weight_version"])
-    except (KeyError, TypeError, ValueError) as error:
+        key = "output_token_logprobs"
+        pairs = (meta.get(key) or []) if kind == "abort" else meta[key]
+        pairs = tuple((float(lp), int(t)) for lp, t, _ in pairs)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise ProtocolError(f"malformed /generate output ({error!r}): {str(out)[:200]}") from error
-    if tuple(int(t) for _, t, _ in pairs) != output_ids:
-        raise ProtocolError(f"request {request.request_id!r}: logprob ids differ from output_ids")
-    kind = finish.get("type")
     if kind not in ("stop", "length", "abort"):
         raise ProtocolError(f"request {request.request_id!r}: unknown finish_reason {finish}")
+    if kind == "abort":
+        kept = _agreeing_prefix(pairs, output_ids)
+        output_ids, pairs = output_ids[:kept], pairs[:kept]
+    elif tuple(t for _, t in pairs) != output_ids:
+        raise ProtocolError(f"request {request.request_id!r}: logprob ids differ from output_ids")
     matched = finish.get("matched") if kind == "stop" else None
     return Sample(
         request_id=request.request_id,
         prompt_ids=tuple(request.prompt_ids),
         output_ids=output_ids,
-        output_logprobs=logprobs,
+        output_logprobs=tuple(lp for lp, _ in pairs),
         finish_reason=FinishReason(kind, matched if isinstance(matched, int) else None),
         weight_version=version,
     )
+
+
+def _agreeing_prefix(pairs: tuple, output_ids: tuple) -> int:
+    """How many leading (log-prob, id) pairs name the output id at their position."""
+    count = 0
+    while count < min(len(pairs), len(output_ids)) and pairs[count][1] == output_ids[count]:
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ the engine -> rewards -> DAPO dynamic sampling -> GRPO advantages.
 Every response is sampled with its own seed, derived from (run seed, step, round, prompt slot,
 response index), so a step's rollouts are a function of the weights and the step alone: a
 resumed run draws exactly what the uninterrupted run drew.
+
+Request ids name (step, round, prompt slot, response), never the prompt: a round that crosses
+an epoch boundary can hold one prompt twice, and sglang refuses a ``/generate`` batch that
+repeats an id (400), or an id still in flight on the server. The fields have fixed widths, so
+no id is a prefix of another (sglang aborts requests by id prefix).
 """
 
 import hashlib
@@ -18,6 +23,21 @@ from megatron_fork.rewards.types import SampleStatus
 from megatron_fork.rollout.types import GenerationRequest, Sample, SamplingParams
 from megatron_fork.trainer.advantages import AdvantageConfig, group_advantages
 from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig, fill_batch
+
+ID_WIDTHS = (8, 4, 6, 4)
+"""Digits of an id's (step | 0, round | eval chunk, prompt slot, response) fields."""
+
+
+def request_id(kind: str, *fields: int) -> str:
+    """``kind`` ("r" rollout, "e" evaluation) then four zero-padded fields, e.g.
+    ``r00000012-0001-000037-0003``; a field too wide for its digits raises, since a longer
+    id could extend a shorter one."""
+    if len(fields) != len(ID_WIDTHS):
+        raise ValueError(f"a request id has {len(ID_WIDTHS)} fields, got {fields}")
+    for value, width in zip(fields, ID_WIDTHS, strict=True):
+        if not 0 <= value < 10**width:
+            raise ValueError(f"request id field {value} does not fit {width} digits")
+    return kind + "-".join(f"{v:0{w}d}" for v, w in zip(fields, ID_WIDTHS, strict=True))
 
 
 def stable_seed(*parts) -> int:
@@ -83,14 +103,15 @@ class GroupSampler:
         num_samples: int,
         sampling: SamplingParams,
         seed_key: tuple,
+        id_key: tuple[str, int, int],
     ) -> list[PromptGroup]:
         """``num_samples`` responses per example; response ``i`` of prompt slot ``j`` is seeded
-        by ``(seed_key, j, i)``."""
+        by ``(seed_key, j, i)`` and named ``request_id(*id_key, j, i)``."""
         requests = [
             GenerationRequest(
                 prompt_ids=self.prompt_ids(example),
                 sampling=_with_seed(sampling, self.eos_id, stable_seed(*seed_key, j, i)),
-                request_id=f"{example.id}#{i}",
+                request_id=request_id(*id_key, j, i),
             )
             for j, example in enumerate(examples)
             for i in range(num_samples)
@@ -147,9 +168,8 @@ def collect_rollout_batch(
 
     def generate_round(round_index: int) -> list[PromptGroup]:
         examples = stream.take(prompts_per_round)
-        groups = sampler.groups(
-            examples, num_samples, sampling, ("rollout", run_seed, step, round_index)
-        )
+        seed_key = ("rollout", run_seed, step, round_index)
+        groups = sampler.groups(examples, num_samples, sampling, seed_key, ("r", step, round_index))
         generated.extend(groups)
         return groups
 
@@ -204,7 +224,8 @@ def evaluate_avg_at_k(
     correct = []
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
-        groups = sampler.groups(part, k, sampling, ("eval", seed, start))
+        id_key = ("e", 0, start // chunk)  # one evaluation at a time: unique within it
+        groups = sampler.groups(part, k, sampling, ("eval", seed, start), id_key)
         correct.extend(g.correct for g in groups)
         if on_progress is not None:
             on_progress(len(part))

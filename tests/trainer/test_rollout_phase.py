@@ -1,7 +1,7 @@
 """The rollout phase with the real torch engine (a tiny random Qwen3), the real tokenizer and
 the real math reward: per-response seeds make a step's rollouts reproducible, groups whose
 responses are all wrong are dropped by dynamic sampling and a short batch is topped up with
-zero-advantage groups, counted."""
+zero-advantage groups, counted; request ids stay unique when a round holds a prompt twice."""
 
 import pytest
 import torch
@@ -15,7 +15,12 @@ from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import SamplingParams
 from megatron_fork.trainer.advantages import AdvantageConfig
 from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig
-from megatron_fork.trainer.rollout_phase import GroupSampler, collect_rollout_batch
+from megatron_fork.trainer.rollout_phase import (
+    GroupSampler,
+    collect_rollout_batch,
+    evaluate_avg_at_k,
+    request_id,
+)
 from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 SAMPLING = SamplingParams(max_new_tokens=6)
@@ -70,3 +75,38 @@ def test_without_dynamic_sampling_the_first_round_is_kept(sampler, prompts):
     assert [g.example.id for g in batch.groups] == [
         e.id for e in PromptStream(prompts, seed=0).take(3)
     ]
+
+
+class _Recording:
+    """The engine, keeping the request ids of each generate call."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def generate(self, requests):
+        self.calls.append([r.request_id for r in requests])
+        return self.engine.generate(requests)
+
+
+def test_request_ids_are_unique_when_a_round_repeats_prompts(sampler, prompts):
+    """3 prompts, 4 per round: every round crosses an epoch boundary and holds a prompt twice.
+    No id repeats within a step (sglang refuses a batch that repeats one) nor across the run,
+    and all have one length, so none is a prefix of another (sglang aborts by prefix)."""
+    recording = _Recording(sampler.engine)
+    recorder = GroupSampler(recording, sampler.tokenizer, sampler.scorer, sampler.eos_id)
+    stream = PromptStream(prompts[:3], seed=0)
+    for step in (1, 2):
+        collect_rollout_batch(recorder, stream, step, 0, 3, 4, 4, SAMPLING, TWO_ROUNDS,
+                              AdvantageConfig())  # fmt: skip
+    evaluate_avg_at_k(recorder, prompts[:5], 2, SAMPLING, seed=0, chunk=2)
+    assert len(recording.calls) == 2 * 2 + 3  # two rounds a step, three eval chunks
+    every = [rid for call in recording.calls for rid in call]
+    assert len(set(every)) == len(every) == 2 * 2 * 4 * 4 + 5 * 2
+    assert len({len(rid) for rid in every}) == 1
+    assert recording.calls[1][5] == "r00000001-0001-000001-0001"  # step 1, round 1, slot 1
+
+
+def test_a_request_id_field_too_wide_for_its_digits_raises():
+    assert request_id("r", 12, 0, 37, 3) == "r00000012-0000-000037-0003"
+    with pytest.raises(ValueError, match="10000 does not fit 4 digits"):
+        request_id("r", 1, 0, 0, 10_000)

@@ -45,7 +45,8 @@ def main(argv=None) -> None:
         args.random_seed,
     )
     engine.update_weights((), version=args.weight_version)
-    server = EngineServer(engine, args.model_path, fp8=args.quantization == "fp8")
+    health_timeout_s = float(os.environ.get("SGLANG_HEALTH_CHECK_TIMEOUT", 20))  # as sglang
+    server = EngineServer(engine, args.model_path, args.quantization == "fp8", health_timeout_s)
     httpd = make_http_server(server, args.host, args.port)
     host, port = httpd.server_address[:2]
     print(f"serving on http://{host}:{port}", flush=True)

@@ -9,6 +9,8 @@ half-applied bucket; the version changes only with a bucket that names one.
 """
 
 import threading
+import time
+import uuid
 from contextlib import contextmanager
 
 from torch.distributed import TCPStore
@@ -34,11 +36,21 @@ class Busy(Exception):
     """The request needs an idle server (sglang answers 400; callers retry)."""
 
 
+class Unavailable(Exception):
+    """The health probe produced nothing in time (sglang answers 503)."""
+
+
 class EngineServer:
-    def __init__(self, engine, model_path: str, fp8: bool = False):
+    def __init__(self, engine, model_path: str, fp8: bool = False, health_timeout_s: float = 20.0):
         """``fp8``: weights arrive as blockwise FP8 (``fp8.fp8_named_tensors``) and are
-        dequantised on receipt, so the engine computes with what an FP8 engine holds."""
+        dequantised on receipt, so the engine computes with what an FP8 engine holds.
+        ``health_timeout_s``: how long the health probe waits for output (sglang's
+        ``SGLANG_HEALTH_CHECK_TIMEOUT``, 20 s by default)."""
         self.engine = engine
+        self.health_timeout_s = health_timeout_s
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
+        self._generating = False
         self.model_path = model_path
         self.fp8 = fp8
         self._engine_lock = threading.Lock()
@@ -49,17 +61,41 @@ class EngineServer:
 
     def generate(self, body: dict) -> list[dict]:
         requests = requests_from_payload(body)
-        with self._engine_when_open():
-            samples = self.engine.generate(requests, abort=lambda: self._abort)
+        with self._claimed([r.request_id for r in requests]), self._engine_when_open():
+            self._generating = True
+            try:
+                samples = self.engine.generate(requests, abort=lambda: self._abort)
+            finally:
+                self._generating = False
         return response_for(samples)
 
     @contextmanager
-    def _engine_when_open(self):
+    def _claimed(self, rids: list[str]):
+        """The request ids, held from receipt to answer: sglang refuses an id still in flight
+        on the server (``TokenizerManager._init_req_state``), a paused one included."""
+        with self._in_flight_lock:
+            taken = next((rid for rid in rids if rid in self._in_flight), None)
+            if taken is not None:
+                raise ProtocolError(f"Duplicate request ID detected: {taken}")
+            self._in_flight.update(rids)
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.difference_update(rids)
+
+    @contextmanager
+    def _engine_when_open(self, timeout_s: float | None = None):
         """The engine, once generation is not paused (checked again under the lock, so a call
-        that was waiting when a pause came in does not run while paused)."""
+        that was waiting when a pause came in does not run while paused); ``Unavailable``
+        when that takes longer than ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            self._open.wait()
-            self._engine_lock.acquire()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._open.wait(left):
+                raise Unavailable(f"generation paused for {timeout_s} s")
+            if not self._engine_lock.acquire(timeout=-1 if left is None else left):
+                raise Unavailable(f"the engine was busy for {timeout_s} s")
             if self._open.is_set():
                 break
             self._engine_lock.release()
@@ -69,8 +105,15 @@ class EngineServer:
             self._engine_lock.release()
 
     def health_generate(self) -> dict:
-        probe = GenerationRequest((0,), SamplingParams(max_new_tokens=1, seed=0), "health")
-        with self._engine_when_open():
+        """sglang's ``/health`` and ``/health_generate`` (SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION
+        is on by default): healthy once the engine produces output, a running generation's
+        included; a one-token probe otherwise, which waits on a pause like any request, so a
+        paused server answers 503 after ``health_timeout_s``."""
+        if self._generating and self._open.is_set():
+            return {}
+        rid = f"HEALTH_CHECK_{uuid.uuid4().hex}"  # unique, as sglang's probe ids
+        probe = GenerationRequest((0,), SamplingParams(max_new_tokens=1, seed=0), rid)
+        with self._engine_when_open(self.health_timeout_s):
             self.engine.generate([probe])
         return {}
 
@@ -110,9 +153,12 @@ class EngineServer:
         return {"success": True, "message": "joined"}
 
     def destroy_weights_update_group(self, body: dict) -> dict:
+        """One named group goes, the others stay (each pipeline stage has its own); an unknown
+        name is a 400, as sglang's ``ModelRunner.destroy_weights_update_group`` answers."""
         group = self._groups.pop(body.get("group_name", "weight_update_group"), None)
-        if group is not None:
-            group.destroy()
+        if group is None:
+            raise ProtocolError("The group to be destroyed does not exist.")
+        group.destroy()
         return {"success": True, "message": "destroyed"}
 
     def update_weights_from_distributed(self, body: dict) -> dict:

@@ -1,21 +1,21 @@
 """sglang's routes over an ``EngineServer``, on the standard library's threading HTTP server
 (one thread per request: a weight update blocks in its collective while health checks answer).
-Bodies are JSON; a protocol error or a busy server is a 400 with ``{"error": ...}`` and any
-other failure a 500, as sglang answers."""
+Bodies are JSON; a protocol error or a busy server is a 400 with ``{"error": ...}``, a health
+probe that saw no output in time a 503 and any other failure a 500, as sglang answers."""
 
 import json
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from megatron_fork.rollout.server.engine_server import Busy, EngineServer
+from megatron_fork.rollout.server.engine_server import Busy, EngineServer, Unavailable
 from megatron_fork.rollout.sglang_protocol import ProtocolError
 
 
 def _routes(server: EngineServer) -> dict:
     """path -> (allowed methods, handler(body) -> JSON-able answer)."""
     return {
-        "/health": ({"GET"}, lambda body: {}),
+        "/health": ({"GET"}, lambda body: server.health_generate()),  # as sglang's: generates
         "/health_generate": ({"GET"}, lambda body: server.health_generate()),
         "/generate": ({"POST"}, server.generate),
         "/flush_cache": ({"GET", "POST"}, lambda body: server.flush_cache()),
@@ -55,6 +55,8 @@ def _handler_class(routes: dict):
                 self._reply(HTTPStatus.OK, handler(body))
             except (ProtocolError, Busy, json.JSONDecodeError) as error:
                 self._reply(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            except Unavailable as error:
+                self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(error)})
             except Exception as error:  # answered as sglang does, with the reason
                 traceback.print_exc()
                 self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": repr(error)})
