@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from megatron_fork.rollout.http_client import ServerClient
+from megatron_fork.rollout.http_client import ServerClient, ServerError
 
 _READY = re.compile(r"serving on (http://\S+)")
 
@@ -147,11 +147,14 @@ def wait_until_healthy(
 ) -> None:
     """Block until every server at ``urls`` answers ``/health_generate``: engines started
     beside the trainer (sglang on a Slurm node group) load for minutes, and the first weight
-    sync must not race them. TimeoutError names the servers that never answered."""
+    sync must not race them. A server that is up (``/model_info`` answers) but cannot generate
+    may have been left paused by a trainer that died mid-sync (sglang's health probe waits on
+    the pause): it is resumed; the first sync replaces its weights before anything is
+    generated. TimeoutError names the servers that never answered."""
     waiting = list(urls)
     deadline = time.monotonic() + timeout_s
     while waiting:
-        waiting = [u for u in waiting if not ServerClient(u, api_key=api_key).healthy(poll_s)]
+        waiting = [u for u in waiting if not _ready(ServerClient(u, api_key=api_key), poll_s)]
         if waiting and time.monotonic() >= deadline:
             raise TimeoutError(
                 f"rollout servers not healthy after {timeout_s:.0f} s: {', '.join(waiting)} "
@@ -159,3 +162,15 @@ def wait_until_healthy(
             )
         if waiting:
             time.sleep(poll_s)
+
+
+def _ready(client: ServerClient, timeout_s: float) -> bool:
+    """Healthy now; else resumed when it is up but paused (checked again at the next poll)."""
+    if client.healthy(timeout_s):
+        return True
+    if client.answers(timeout_s):
+        try:
+            client.resume()
+        except ServerError:
+            pass  # still starting: the next poll asks again
+    return False
