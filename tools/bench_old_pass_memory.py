@@ -41,7 +41,8 @@ def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def _policy_batch(rows: int, seq: int, vocab: int):
+def policy_batch(rows: int, seq: int, vocab: int):
+    """One micro-batch of random tokens, every target a response token (as the old pass sees it)."""
     from megatron_fork.trainer.policy_batch import PolicyMicroBatch
 
     gen = torch.Generator().manual_seed(0)
@@ -80,7 +81,7 @@ def measure(mode: str, rows: int, seq: int, hidden: int, layers: int, vocab: int
     heads = max(hidden // 64, 2)
     shape = GPTShape(vocab, hidden, layers, heads, heads // 2, 3 * hidden, 64, seq)
     model = build_gpt_model(shape)
-    batch, groups = _policy_batch(rows, seq, vocab), LossGroups.from_parallel_state()
+    batch, groups = policy_batch(rows, seq, vocab), LossGroups.from_parallel_state()
     config = ForkingLossConfig(vocab_size=vocab)
     saved = {}  # distinct storages autograd keeps (views of one tensor count once)
 

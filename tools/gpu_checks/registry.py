@@ -1,0 +1,96 @@
+"""Every check of the kit by name: what it needs, which subset it belongs to, its default time
+limit and the function the worker runs (``module:function`` plus JSON keyword arguments, so a
+check is named without importing it)."""
+
+from dataclasses import dataclass, field
+
+from tools.gpu_checks.core import Needs
+from tools.gpu_checks.kit_layout import kit_recipes, recipe_kit_layout
+
+SINGLE_GPU, NODE = "single-gpu", "node"
+SUBSETS = (SINGLE_GPU, NODE, "auto")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    summary: str
+    needs: Needs
+    subset: str
+    """``single-gpu``: runs with torch + megatron-core on one GPU; ``node``: the full kit."""
+    target: str
+    """``module:function`` the worker calls with (CheckContext, **kwargs)."""
+    timeout_s: float
+    kwargs: dict = field(default_factory=dict)
+
+
+def _single_gpu_checks() -> list[Check]:
+    one_gpu = Needs(gpus=1)
+    return [
+        Check(
+            "tiny_demo",
+            "recipe tiny_cpu on CUDA in bf16: 2 RL steps, finite loss, engine log-prob diff",
+            one_gpu,
+            SINGLE_GPU,
+            "tools.gpu_checks.tiny_demo:check",
+            420.0,
+        ),
+        Check(
+            "logprob_op",
+            "log-prob/entropy op vs Megatron's vocab_parallel_cross_entropy (8192 x 151936 "
+            "bf16): match, time and peak memory",
+            one_gpu,
+            SINGLE_GPU,
+            "tools.gpu_checks.op_check:check",
+            240.0,
+        ),
+        Check(
+            "old_pass_memory",
+            "old-logprob pass: peak CUDA memory with autograd on vs off (the trainer's)",
+            one_gpu,
+            SINGLE_GPU,
+            "tools.gpu_checks.old_pass_check:check",
+            240.0,
+        ),
+    ]
+
+
+def _node_check(recipe: str) -> Check:
+    layout = recipe_kit_layout(recipe)
+    pp2 = ", PP=2 weight sync over NCCL" if layout.pipeline_parallel > 1 else ""
+    return Check(
+        recipe,
+        f"{layout.describe()}, FP8: CPU-converted checkpoint, 2 RL steps against sglang, "
+        f"save + resume (distributed optimizer), engine log-prob diff{pp2}",
+        Needs(gpus=layout.gpus, transformer_engine=True, sglang=True),
+        NODE,
+        "tools.gpu_checks.qwen3_check:check",
+        480.0,
+        {"recipe": recipe},
+    )
+
+
+def all_checks() -> list[Check]:
+    return _single_gpu_checks() + [_node_check(name) for name in kit_recipes()]
+
+
+def check_names() -> list[str]:
+    return [c.name for c in all_checks()]
+
+
+def select(subset: str, only: list[str] | None = None) -> list[Check]:
+    """The checks of ``subset`` ("single-gpu", or "node": every check), or those named in
+    ``only`` (in the kit's order). Unknown names raise ValueError listing the names."""
+    checks = all_checks()
+    if only:
+        unknown = [n for n in only if n not in {c.name for c in checks}]
+        if unknown:
+            raise ValueError(
+                f"unknown check(s) {', '.join(unknown)}: choose from {', '.join(check_names())}"
+            )
+        return [c for c in checks if c.name in only]
+    if subset == SINGLE_GPU:
+        return [c for c in checks if c.subset == SINGLE_GPU]
+    if subset == NODE:
+        return checks
+    raise ValueError(f"subset {subset!r}: choose single-gpu or node")
