@@ -2,31 +2,22 @@
 errors as sglang answers them, pause/abort around weight updates, flush only when idle, the
 weight version, updates from disk."""
 
-import threading
 import time
 
 import pytest
 import torch
 
-from megatron_fork.rollout.http_client import ServerClient, ServerError
-from megatron_fork.rollout.server.engine_server import EngineServer
-from megatron_fork.rollout.server.http_app import make_http_server
-from megatron_fork.rollout.torch_engine import TorchRolloutEngine
+from megatron_fork.rollout.http_client import ServerError
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
+from tests.support.served_engine import served_engine
 from tests.support.threads import Background
 from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 
 @pytest.fixture
 def served():
-    engine = TorchRolloutEngine(tiny_qwen3_model(seed=0))
-    server = EngineServer(engine, "tiny")
-    httpd = make_http_server(server, "127.0.0.1", 0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    host, port = httpd.server_address[:2]
-    yield server, ServerClient(f"http://{host}:{port}", timeout_s=60)
-    httpd.shutdown()
-    httpd.server_close()
+    with served_engine() as pair:
+        yield pair
 
 
 def _long_requests(n=8, tokens=400):

@@ -6,18 +6,14 @@ sync, with every server paused), while ``ServerClient.answers()`` reads ``/model
 not. ``healthy()`` (``/health_generate``, startup readiness) still needs a generating server.
 Real HTTP on loopback, the server in a thread of the test process."""
 
-import threading
 import time
 
 import pytest
 
 from megatron_fork.rollout.http_client import ServerClient, ServerError
-from megatron_fork.rollout.server.engine_server import EngineServer
-from megatron_fork.rollout.server.http_app import make_http_server
-from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
+from tests.support.served_engine import served_engine
 from tests.support.threads import Background
-from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 PROBE_TIMEOUT_S = 1.0
 """The server's health probe timeout (sglang's is 20 s), short to keep the test fast."""
@@ -25,14 +21,8 @@ PROBE_TIMEOUT_S = 1.0
 
 @pytest.fixture
 def served():
-    engine = TorchRolloutEngine(tiny_qwen3_model(seed=0))
-    server = EngineServer(engine, "tiny", health_timeout_s=PROBE_TIMEOUT_S)
-    httpd = make_http_server(server, "127.0.0.1", 0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    host, port = httpd.server_address[:2]
-    yield server, ServerClient(f"http://{host}:{port}", timeout_s=60)
-    httpd.shutdown()
-    httpd.server_close()
+    with served_engine(health_timeout_s=PROBE_TIMEOUT_S) as pair:
+        yield pair
 
 
 def _health_probe(client: ServerClient, timeout_s: float = 5.0) -> bool:

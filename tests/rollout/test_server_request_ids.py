@@ -4,30 +4,21 @@ is a 400 with sglang's message (``GenerateReqInput._validate_rid_uniqueness``), 
 still in flight on the server, even one held by a pause (``TokenizerManager._init_req_state``).
 """
 
-import threading
 import time
 
 import pytest
 
-from megatron_fork.rollout.http_client import ServerClient, ServerError
-from megatron_fork.rollout.server.engine_server import EngineServer
-from megatron_fork.rollout.server.http_app import make_http_server
+from megatron_fork.rollout.http_client import ServerError
 from megatron_fork.rollout.sglang_protocol import generate_payload
-from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
+from tests.support.served_engine import served_engine
 from tests.support.threads import Background
-from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 
 @pytest.fixture
 def served():
-    server = EngineServer(TorchRolloutEngine(tiny_qwen3_model(seed=0)), "tiny")
-    httpd = make_http_server(server, "127.0.0.1", 0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    host, port = httpd.server_address[:2]
-    yield server, ServerClient(f"http://{host}:{port}", timeout_s=60)
-    httpd.shutdown()
-    httpd.server_close()
+    with served_engine() as pair:
+        yield pair
 
 
 def _request(rid: str, tokens: int = 2) -> GenerationRequest:

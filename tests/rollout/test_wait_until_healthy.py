@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from megatron_fork.rollout.server_pool import wait_until_healthy
+from tests.support.served_engine import served_engine
 
 
 def _server(healthy_after_s: float):
@@ -59,20 +60,8 @@ def test_servers_that_never_get_healthy_are_named():
 def test_a_server_left_paused_by_a_dead_trainer_is_resumed():
     """A trainer killed mid-sync leaves external engines paused; the next trainer's wait must
     not time out on them (the CPU engine server's health probe waits on a pause, as sglang's)."""
-    from megatron_fork.rollout.http_client import ServerClient
-    from megatron_fork.rollout.server.engine_server import EngineServer
-    from megatron_fork.rollout.server.http_app import make_http_server
-    from megatron_fork.rollout.torch_engine import TorchRolloutEngine
-    from tests.support.tiny_qwen3 import tiny_qwen3_model
-
-    server = EngineServer(TorchRolloutEngine(tiny_qwen3_model()), "tiny", health_timeout_s=0.5)
-    httpd = make_http_server(server, "127.0.0.1", 0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
-        ServerClient(url).pause("abort")  # what the dead trainer's sync left behind
-        assert not ServerClient(url).healthy(1.0)
-        wait_until_healthy([url], timeout_s=20, poll_s=1.0)
-        assert ServerClient(url).healthy(5.0)
-    finally:
-        httpd.shutdown(), httpd.server_close()
+    with served_engine(health_timeout_s=0.5) as (_, client):
+        client.pause("abort")  # what the dead trainer's sync left behind
+        assert not client.healthy(1.0)
+        wait_until_healthy([client.url], timeout_s=20, poll_s=1.0)
+        assert client.healthy(5.0)

@@ -4,6 +4,7 @@ without autograd (Megatron's schedule leaves the caller's mode as it is)."""
 import torch
 
 from tests.support.distributed import run_distributed
+from tools.bench_old_pass_memory import policy_batch
 
 V, S, B = 64, 16, 2
 
@@ -26,21 +27,11 @@ def _worker(rank, world):
     from megatron_fork.models.gpt import GPTShape, build_gpt_model
     from megatron_fork.trainer.actor_step import logprob_schedule, old_logprob_pass
     from megatron_fork.trainer.parallel_groups import LossGroups
-    from megatron_fork.trainer.policy_batch import PolicyMicroBatch
     from tests.support.megatron_setup import init_megatron
 
     init_megatron(seed=0)
     model = build_gpt_model(GPTShape(vocab_size=V, max_sequence_length=S))
-    tokens = torch.randint(0, V, (B, S), generator=torch.Generator().manual_seed(0))
-    batch = PolicyMicroBatch(
-        tokens=tokens,
-        position_ids=torch.arange(S).expand(B, S),
-        target=torch.roll(tokens, -1, dims=1),
-        valid_mask=torch.ones(B, S, dtype=torch.bool),
-        old_logprob=torch.zeros(B, S),
-        advantages=torch.ones(B, S),
-        token_order=torch.arange(B * S).view(B, S),
-    )
+    batch = policy_batch(B, S, V)  # random tokens, every target a response token
     args = (model, [batch], ForkingLossConfig(), LossGroups.from_parallel_state())
     kept, with_graph = _saved_bytes(lambda: logprob_schedule(*args))
     assert kept > 0, "the schedule under autograd saved nothing: the measurement is broken"
