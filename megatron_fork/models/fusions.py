@@ -7,9 +7,13 @@ line. A model built for a GPU gets (``gpu_fusions``):
 - ``bias_activation_fusion``: SwiGLU as one autograd function (``fusions/fused_bias_swiglu.py``)
   that saves only its [gate | up] input, where the unfused ``silu(gate) * (up + offset)`` also
   keeps silu(gate) and the offset copy of up (4f bytes a token more in bf16, 36% of a Qwen3-8B
-  layer's activations: the planner's ``swiglu_activation``). TorchScript, so any CUDA build
-  has it.
-- ``bias_dropout_fusion``: the residual add with (zero) dropout fused; plain PyTorch too.
+  layer's activations: the planner's ``swiglu_activation``).
+- ``bias_dropout_fusion``: the residual add with (zero) dropout fused.
+
+  Both are ``torch.compile``d (``megatron/core/jit.py``: ``jit_fuser = torch.compile`` on torch
+  >= 2.2): Inductor compiles them on each rank's first use (Triton, in the NGC image), again
+  for no-grad passes and when sequence lengths make shapes dynamic, so the first steps are
+  slower; the Slurm recipes give each rank one compile worker (``TORCHINDUCTOR_COMPILE_THREADS``).
 - ``apply_rope_fusion``: Transformer Engine's fused RoPE (the config refuses it without TE,
   ``transformer_config.py:1530-1552``).
 - ``gradient_accumulation_fusion``: weight gradients accumulated straight into the fp32

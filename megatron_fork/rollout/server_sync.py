@@ -26,17 +26,22 @@ def _in_daemon_thread(function) -> Future:
     return future
 
 
-def on_every_server(clients: list[ServerClient], request, during) -> object:
+def on_every_server(
+    clients: list[ServerClient], request, during, timeout_s: float | None = None
+) -> object:
     """``request(index, client)`` for every server and ``during()`` (the trainer's side of the
-    collective), concurrently; ``during``'s result once all succeed, else the first error."""
+    collective), concurrently; ``during``'s result once all succeed, else the first error
+    (TimeoutError when ``timeout_s`` passes first)."""
     pool = ThreadPoolExecutor(max(1, len(clients)))
     try:
         futures = [pool.submit(request, i, client) for i, client in enumerate(clients)]
         own = _in_daemon_thread(during)
-        done, _ = wait([*futures, own], return_when=FIRST_EXCEPTION)
+        done, pending = wait([*futures, own], timeout=timeout_s, return_when=FIRST_EXCEPTION)
         for future in done:
             if future.exception() is not None:
                 raise future.exception()
+        if pending:
+            raise TimeoutError(f"{len(pending)} sides of a weight-group call after {timeout_s} s")
         return own.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

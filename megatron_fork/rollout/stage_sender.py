@@ -123,15 +123,27 @@ class StageSender:
         )
 
     def abandon(self) -> None:
-        """Leave the group now (after a failure it may be broken); the servers are asked to
-        drop it when the next group is formed (by then a stuck server has been restarted)."""
+        """Leave the group now, without waiting for any server (after a failure it may be
+        broken: ``WeightGroup.abort``); the servers are asked to drop it when the next group
+        is formed (by then a stuck server has been restarted)."""
         if self._group is not None:
-            self._group.destroy()
+            self._group.abort()
             self._stale = (self._clients, self._group.name)
         self._group, self._epoch = None, None
 
     def close(self) -> None:
-        """Leave the group (the servers drop theirs when they stop)."""
-        if self._group is not None:
-            self._group.destroy()
+        """Leave the group at the end of a run together with the servers (an NCCL group is
+        finalised by all its members at once); aborted if that does not finish in time."""
+        group, clients = self._group, self._clients
         self._group, self._epoch, self._stale = None, None, None
+        if group is None:
+            return
+
+        def release(i, client):
+            body = {"group_name": group.name}
+            client.call("/destroy_weights_update_group", body, RELEASE_TIMEOUT_S)
+
+        try:
+            on_every_server(clients, release, during=group.destroy, timeout_s=RELEASE_TIMEOUT_S)
+        except Exception:  # a server gone or stuck: nothing to wait for at the end of a run
+            group.abort()

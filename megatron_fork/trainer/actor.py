@@ -22,6 +22,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 from transformers import Qwen3Config
 
+from megatron_fork.models.fusions import model_fusions
 from megatron_fork.models.hf_mapping import Qwen3Layout, load_hf_weights_
 from megatron_fork.models.hf_weights import HFWeights
 from megatron_fork.models.qwen3 import build_qwen3_model
@@ -158,7 +159,12 @@ def megatron_model(
         post_process=ps.is_pipeline_last_stage(),
         transformer_options=transformer_options(parallel, precision),
     )
-    return model if on_cpu else model.cuda()
+    if on_cpu:
+        return model
+    if dist.get_rank() == 0:  # which kernels this image gave (Apex's wgrad kernel may be absent)
+        fused = [name for name, on in model_fusions(on_cpu=False).items() if on]
+        print(f"Megatron fusions on: {', '.join(fused) or 'none'}", flush=True)
+    return model.cuda()
 
 
 def _load_base_weights(model, source, layout: Qwen3Layout, parallel: ParallelConfig) -> None:

@@ -11,6 +11,9 @@ TRAINER_ENV = {
     # Megatron-Core's TP/SP communication overlap relies on one CUDA work queue.
     "CUDA_DEVICE_MAX_CONNECTIONS": "1",
     "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+    # Megatron's fused SwiGLU / bias-dropout-add are torch.compile'd on each rank's first step:
+    # one compile worker per rank, not a pool of one per core on each of the node's 8 ranks.
+    "TORCHINDUCTOR_COMPILE_THREADS": "1",
 }
 ENGINE_HOSTS_LINE = (
     'export ENGINE_NODES=$(scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_1" '

@@ -75,3 +75,29 @@ def _missing_weight_worker(rank, world, root):
 
 def test_a_weight_the_checkpoint_lacks_is_refused_by_name(tmp_path):
     run_distributed(_missing_weight_worker, 1, str(tmp_path))
+
+
+class _UncheckpointedExtraState(torch.nn.Module):
+    """A module with ``_extra_state`` that its sharded state dict never asks for, as Megatron's
+    ``TEDotProductAttention`` (its ``sharded_state_dict`` returns nothing unless the softmax is
+    learnable): the key is missing from what a load returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+
+    def get_extra_state(self):
+        return torch.zeros(0, dtype=torch.uint8)
+
+    def set_extra_state(self, state):
+        pass
+
+
+def test_extra_state_the_module_never_asked_for_may_be_missing():
+    from megatron_fork.trainer.checkpoint_fit import load_model_state
+
+    module = torch.nn.Sequential(_UncheckpointedExtraState())
+    load_model_state("ckpt", module, {"0.weight": torch.full((3,), 2.0)}, absent=set())
+    assert module[0].weight.tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(RuntimeError, match=r"missing \['0.weight'\]"):
+        load_model_state("ckpt", module, {}, absent=set())  # a weight is never tolerated
