@@ -35,6 +35,7 @@ from megatron_fork.trainer.controller import Controller
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.progress import StepProgress
 from megatron_fork.trainer.rl_config import RLConfig
+from megatron_fork.trainer.run_lock import RunLock
 from megatron_fork.trainer.train_batch import check_batch_layout, train_on_samples
 from megatron_fork.trainer.weight_sync import WeightSync
 
@@ -64,12 +65,17 @@ def _due(every: int, step: int, config: RLConfig) -> bool:
 
 
 def run_rl(config: RLConfig) -> dict | None:
-    """Train; returns the last step's metrics on rank 0 (None on other ranks)."""
+    """Train; returns the last step's metrics on rank 0 (None on other ranks). Rank 0 holds
+    the output directory's lock for the run (a second job on it refuses, on every rank)."""
     owns_group = not dist.is_initialized()
     init_parallel(config.parallel, config.seed)
+    lock = None
     try:
+        lock = made_on_rank0(lambda: RunLock(config.output_dir).acquire())
         return _run(config)
     finally:
+        if lock is not None:
+            lock.release()
         shutdown_parallel(destroy_process_group=owns_group)
 
 
