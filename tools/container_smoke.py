@@ -1,8 +1,11 @@
-"""The container's smoke check (``docker run --rm IMAGE``; on Slurm: ``srun --container-image
-IMAGE python /opt/megatron-fork/tools/container_smoke.py``): the pinned versions are the ones
-installed, the trainer's stack imports, sglang imports in its own environment, and every recipe
-passes its checks, and the engines' torch loads the trainer's NCCL version. Exit status 1 with
-the mismatches otherwise."""
+"""The container's smoke check (``docker run --rm --gpus all IMAGE``; on Slurm: ``srun -N1
+--gpus-per-node=8 --container-image=IMAGE python /opt/megatron-fork/tools/container_smoke.py``):
+the pinned versions are the ones installed, the trainer's stack imports, sglang imports in its
+own environment, every recipe passes its checks, ``SGLANG_NCCL_LIBRARY`` is the NCCL the
+trainer's torch loaded and the engines' torch reports that version, and, with two GPUs or more,
+one NCCL broadcast from the trainer's torch (GPU 0) reaches the engines' torch (GPU 1) intact
+through the weight-update group's code (tools/smoke_collective.py). Exit status 1 with the
+problems otherwise."""
 
 import importlib.metadata as metadata
 import os
@@ -11,6 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: make ``tools`` importable
+    sys.path.insert(0, str(ROOT))
 
 
 def pinned(requirements: Path) -> dict[str, str]:
@@ -58,17 +63,39 @@ def nccl_problem() -> str | None:
     return None if trainer == engines else f"NCCL: trainer {trainer}, engines {engines}"
 
 
+def nccl_library_problem(environ=os.environ) -> str | None:
+    """The library the engines preload is the file the trainer's torch loaded."""
+    from tools.nccl_library import trainer_nccl
+
+    preloaded, loaded = environ.get("SGLANG_NCCL_LIBRARY"), trainer_nccl()
+    if preloaded and loaded and os.path.realpath(preloaded) == os.path.realpath(loaded):
+        return None
+    return f"NCCL library: SGLANG_NCCL_LIBRARY={preloaded}, the trainer's torch loaded {loaded}"
+
+
+def collective_check(gpus: int) -> str | None:
+    """The NCCL broadcast between both torches, which needs a GPU per rank."""
+    from tools.smoke_collective import collective_problem
+
+    if gpus < 2:
+        print(f"collective: skipped ({gpus} GPU(s): NCCL refuses two ranks on one device)")
+        return None
+    return collective_problem("nccl", os.environ.get("SGLANG_PYTHON", sys.executable))
+
+
 def main() -> None:
     from megatron_fork.rollout.sglang_protocol import SGLANG_VERSION
     from recipes.checks import check_recipe
     from recipes.registry import RECIPES, build_recipe
 
     problems = version_problems(pinned(ROOT / "requirements" / "container.txt"))
-    problems += [sglang_problem(SGLANG_VERSION), nccl_problem()]
+    problems += [sglang_problem(SGLANG_VERSION), nccl_problem(), nccl_library_problem()]
     for name in RECIPES:
         check_recipe(build_recipe(name))
     import torch
     import transformer_engine
+
+    problems.append(collective_check(torch.cuda.device_count()))
 
     print(
         f"torch {torch.__version__} (CUDA {torch.version.cuda}, GPUs: {torch.cuda.device_count()})"
