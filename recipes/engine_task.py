@@ -2,7 +2,8 @@
 
     python -m recipes.engine_task <recipe> [section.field=value ...]
 
-Task i of a node (``SLURM_LOCALID``) serves on GPUs [i * TP, (i + 1) * TP) at port + i, on
+Task i of a node (``SLURM_LOCALID``) serves on GPUs [i * TP, (i + 1) * TP) of the node at
+port + i (it sets its own ``CUDA_VISIBLE_DEVICES`` to them, so sglang's GPU 0 is its first), on
 every interface of the node (the trainer runs on other nodes), with dummy
 weights the trainer's first sync replaces. The engine reads config and tokenizer from the base
 model's Hugging Face files (a Megatron checkpoint's ``hf/``); sglang runs in the interpreter
@@ -24,8 +25,8 @@ from recipes.registry import build_recipe
 
 ENGINE_BIND_HOST = "0.0.0.0"
 """Engines serve the trainer's nodes over the cluster network; a node's own hostname may resolve
-to a loopback or another interface than the one the trainer reaches it by. Set SGLANG_API_KEY
-(``--env``) to require a key of every caller."""
+to a loopback or another interface than the one the trainer reaches it by. The Slurm job sets
+SGLANG_API_KEY (a key per job, or ``--api-key-file``): every caller must present it."""
 
 
 def engine_config(
@@ -47,12 +48,31 @@ def engine_config(
         host=host,
         port=engines.port + local_id,
         tp_size=engines.tensor_parallel,
-        base_gpu_id=local_id * engines.tensor_parallel,
+        base_gpu_id=0,  # CUDA_VISIBLE_DEVICES holds this engine's GPUs only (engine_gpus)
         mem_fraction_static=engines.mem_fraction_static,
         fp8=recipe.config.rollout.fp8,
         random_seed=recipe.config.seed,
         api_key=os.environ.get("SGLANG_API_KEY"),
         python=os.environ.get("SGLANG_PYTHON", sys.executable),
+    )
+
+
+def engine_gpus(recipe: Recipe, local_id: int, environ) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for engine ``local_id`` of this node: its slice of what the task
+    sees when Slurm shows every task all the node's GPUs (``--gpus-per-node``), or all it sees
+    when Slurm already bound the task to its own (``--gpu-bind``, ``SLURM_GPU_BIND``). Without
+    ``CUDA_VISIBLE_DEVICES`` every GPU of the node is visible, numbered from 0."""
+    tp, node = recipe.launch.engines.tensor_parallel, recipe.launch.gpus_per_node
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [str(i) for i in range(node)] if visible is None else visible.split(",")
+    gpus = [gpu.strip() for gpu in gpus if gpu.strip()]
+    if len(gpus) == tp:
+        return ",".join(gpus)
+    if len(gpus) >= recipe.launch.engines_per_node * tp:
+        return ",".join(gpus[local_id * tp : (local_id + 1) * tp])
+    raise SystemExit(
+        f"engine {local_id}: CUDA_VISIBLE_DEVICES={visible!r} holds neither its {tp} GPUs nor "
+        f"the node's {node}"
     )
 
 
@@ -72,10 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     if not argv:
         raise SystemExit("usage: python -m recipes.engine_task <recipe> [section.field=value ...]")
     recipe = build_recipe(argv[0], argv[1:])
-    config = engine_config(recipe, int(os.environ.get("SLURM_LOCALID", "0")), ENGINE_BIND_HOST)
+    local_id = int(os.environ.get("SLURM_LOCALID", "0"))
+    config = engine_config(recipe, local_id, ENGINE_BIND_HOST)
+    env = engine_environment(os.environ)
+    env["CUDA_VISIBLE_DEVICES"] = engine_gpus(recipe, local_id, os.environ)
     command = sglang_server_command(config)
     # The Slurm task becomes the engine (signals reach it).
-    os.execve(command[0], command, engine_environment(os.environ))
+    os.execve(command[0], command, env)
 
 
 if __name__ == "__main__":

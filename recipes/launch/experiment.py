@@ -16,7 +16,7 @@ def _add_slurm_job(experiment, recipe: Recipe, name: str, overrides: list[str], 
     """Always a task group (one task without engines): NeMo-Run then runs the sruns in the
     background under its monitor loop, where the time-limit trap can run."""
     executors = slurm_executors(recipe, options)
-    tasks = [slurm_trainer_task(recipe, name, overrides)]
+    tasks = [slurm_trainer_task(recipe, name, overrides, options.rendezvous_timeout_s)]
     if len(executors) == 2:
         tasks.append(slurm_engine_task(name, overrides))
     experiment.add(tasks, executor=executors, name=name)
@@ -27,7 +27,7 @@ def slurm_sbatch_script(recipe: Recipe, name: str, overrides: list[str], options
     own messages go to stderr, so ``--dryrun > job.sbatch`` is the script alone."""
     with (
         contextlib.redirect_stdout(sys.stderr),
-        run.Experiment(f"{name}-dryrun", log_level="WARN") as experiment,
+        run.Experiment(f"{name}-dryrun", log_level="WARN", base_dir=options.job_dir) as experiment,
     ):
         _add_slurm_job(experiment, recipe, name, overrides, options)
         experiment.dryrun(log=False)
@@ -37,7 +37,7 @@ def slurm_sbatch_script(recipe: Recipe, name: str, overrides: list[str], options
 
 
 def submit_to_slurm(recipe: Recipe, name: str, overrides: list[str], options: SlurmOptions):
-    with run.Experiment(name, log_level="INFO") as experiment:
+    with run.Experiment(name, log_level="INFO", base_dir=options.job_dir) as experiment:
         _add_slurm_job(experiment, recipe, name, overrides, options)
         experiment.run(detach=True)
 

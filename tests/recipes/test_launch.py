@@ -4,7 +4,6 @@ script's #SBATCH lines and srun command lines), and the tiny recipe runs to comp
 through NeMo-Run's local executor (torchrun, 2 CPU processes, TP=2)."""
 
 import os
-import shlex
 import subprocess
 import sys
 
@@ -12,13 +11,9 @@ import pytest
 
 from megatron_fork.trainer.metrics_log import read_metrics
 from recipes.registry import build_recipe
+from tests.recipes.sbatch_support import MOUNTS, SLURM_ARGS, groups, sruns
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-SLURM_ARGS = ["--executor", "slurm", "--account", "acct", "--partition", "batch"]
-SLURM_ARGS += ["--container-image", "/lustre/img/mf.sqsh"]
-MOUNTS = ["/lustre/ckpt:/checkpoints", "/lustre/results:/results", "/lustre/data:/data"]
-for mount in MOUNTS:
-    SLURM_ARGS += ["--mount", mount]
 
 
 def _dryrun(tmp_path, name: str, *arguments: str) -> subprocess.CompletedProcess:
@@ -35,42 +30,12 @@ def _sbatch(tmp_path, name: str, *overrides: str) -> str:
     return done.stdout
 
 
-def _groups(script: str) -> list[dict[str, str]]:
-    """The #SBATCH options of each node group of a (heterogeneous) job."""
-    groups = [{}]
-    for line in script.splitlines():
-        if line == "#SBATCH hetjob":
-            groups.append({})
-        elif line.startswith("#SBATCH --"):
-            key, _, value = line.removeprefix("#SBATCH --").partition("=")
-            groups[-1][key] = value
-    return groups
-
-
-def _sruns(script: str) -> dict[int, tuple[dict[str, str], list[str]]]:
-    """het group -> (srun options, the command it runs)."""
-    runs = {}
-    for line in script.splitlines():
-        if not line.startswith("srun "):
-            continue
-        words = shlex.split(line.split(" & pids")[0])[1:]
-        options, index = {}, 0
-        while words[index].startswith("--"):
-            key, _, value = words[index][2:].partition("=")
-            if not value and key not in ("exclusive",):
-                index, value = index + 1, words[index + 1]
-            options[key] = value
-            index += 1
-        runs[int(options.get("het-group", 0))] = (options, words[index:])
-    return runs
-
-
 @pytest.mark.parametrize("name", ["qwen3_8b", "qwen3_14b", "qwen3_32b"])
 def test_dryrun_sbatch_has_the_recipe_node_groups_and_commands(tmp_path, name):
     recipe = build_recipe(name)
     launch = recipe.launch
     script = _sbatch(tmp_path, name, "loss.strategy=random")
-    trainer, engines = _groups(script)
+    trainer, engines = groups(script)
     assert trainer["nodes"] == str(launch.train_nodes) and engines["nodes"] == str(
         launch.engines.nodes
     )
@@ -85,7 +50,7 @@ def test_dryrun_sbatch_has_the_recipe_node_groups_and_commands(tmp_path, name):
     engine_hosts = 'scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_1" | paste -sd, -'
     assert f"export ENGINE_NODES=$({engine_hosts})" in lines  # engine hosts, for the trainer
 
-    runs = _sruns(script)
+    runs = sruns(script)
     assert set(runs) == {0, 1}
     for options, _ in runs.values():
         assert options["container-image"] == "/lustre/img/mf.sqsh"
@@ -106,9 +71,9 @@ def test_dryrun_sbatch_has_the_recipe_node_groups_and_commands(tmp_path, name):
 
 def test_a_recipe_without_engines_is_one_node_group(tmp_path):
     script = _sbatch(tmp_path, "qwen3_8b", "launch.engines.nodes=0", "rollout.engine=torch")
-    (trainer,) = _groups(script)
+    (trainer,) = groups(script)
     assert trainer["nodes"] == "8" and "hetjob" not in script
-    assert set(_sruns(script)) == {0}
+    assert set(sruns(script)) == {0}
     # srun in the background under the monitor loop, so the time-limit trap runs in time.
     lines = script.splitlines()
     assert any(line.startswith("srun ") and line.endswith("& pids[0]=$!") for line in lines)

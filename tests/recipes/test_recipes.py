@@ -12,8 +12,9 @@ import pytest
 
 from megatron_fork.planning import LayoutDoesNotFit
 from megatron_fork.rollout.sglang_launch import sglang_server_command
+from recipes import engine_task
 from recipes.checks import check_recipe
-from recipes.engine_task import engine_config
+from recipes.engine_task import engine_config, engine_gpus
 from recipes.registry import RECIPES, build_recipe
 from recipes.train import with_engines_of_this_job
 
@@ -87,7 +88,7 @@ def test_qwen3_32b_at_tp1_is_refused_with_its_memory_breakdown():
 def test_the_cli_refuses_before_launching_with_status_2():
     done = subprocess.run(
         [sys.executable, "-m", "recipes", "qwen3_8b", "parallel.tensor_parallel=3"]
-        + ["--executor", "slurm", "--account", "a", "--dryrun"],
+        + ["--executor", "slurm", "--account", "a", "--container-image", "/i.sqsh", "--dryrun"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -118,7 +119,8 @@ def test_the_trainer_finds_the_engines_of_its_job():
 def test_each_engine_task_takes_its_own_gpus_and_port():
     recipe = build_recipe("qwen3_14b")  # engine TP 4: two engines per node
     second = engine_config(recipe, local_id=1, host="10.0.0.7")
-    assert (second.base_gpu_id, second.port, second.tp_size) == (4, 30001, 4)
+    # GPU 0 of what the engine sees: CUDA_VISIBLE_DEVICES holds its own GPUs (engine_gpus).
+    assert (second.base_gpu_id, second.port, second.tp_size) == (0, 30001, 4)
     assert second.url == "http://10.0.0.7:30001" and second.dummy_weights
     command = sglang_server_command(second)
     assert command[1:3] == ["-m", "sglang.launch_server"]
@@ -127,11 +129,54 @@ def test_each_engine_task_takes_its_own_gpus_and_port():
         if word.startswith("--"):
             value = words[i + 1] if i + 1 < len(words) else ""
             flags[word] = "" if value.startswith("--") else value
-    assert flags["--tp-size"] == "4" and flags["--base-gpu-id"] == "4"
+    assert flags["--tp-size"] == "4" and flags["--base-gpu-id"] == "0"
     assert flags["--host"] == "10.0.0.7" and flags["--port"] == "30001"
     assert flags["--load-format"] == "dummy"
     with pytest.raises(SystemExit, match="a node runs 2 engines"):
         engine_config(recipe, local_id=2, host="10.0.0.7")
+
+
+@pytest.mark.parametrize(
+    ("recipe_name", "local_id", "visible", "expected"),
+    [
+        ("qwen3_8b", 1, "0,1,2,3,4,5,6,7", "2,3"),  # --gpus-per-node: every task sees 8
+        ("qwen3_8b", 3, None, "6,7"),  # no CUDA_VISIBLE_DEVICES: the node's GPUs from 0
+        ("qwen3_8b", 2, "4,5", "4,5"),  # Slurm bound the task to its own 2 (--gpu-bind)
+        (
+            "qwen3_14b",
+            1,
+            "GPU-a,GPU-b,GPU-c,GPU-d,GPU-e,GPU-f,GPU-g,GPU-h",
+            "GPU-e,GPU-f,GPU-g,GPU-h",
+        ),
+        ("qwen3_32b", 0, "0,1,2,3,4,5,6,7", "0,1,2,3,4,5,6,7"),
+    ],
+)
+def test_each_engine_sees_only_its_own_gpus(recipe_name, local_id, visible, expected):
+    environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert engine_gpus(build_recipe(recipe_name), local_id, environ) == expected
+
+
+def test_an_engine_that_sees_too_few_gpus_stops_with_what_it_sees():
+    with pytest.raises(SystemExit, match="holds neither its 2 GPUs nor the node's 8"):
+        engine_gpus(build_recipe("qwen3_8b"), 1, {"CUDA_VISIBLE_DEVICES": "0,1,2"})
+
+
+def test_the_engine_task_starts_sglang_on_its_slice(monkeypatch):
+    """``main`` execs sglang with base GPU 0 and CUDA_VISIBLE_DEVICES set to its slice."""
+    started = {}
+
+    def execve(path, argv, env):
+        started.update(argv=argv, env=env)
+
+    monkeypatch.setattr(engine_task.os, "execve", execve)
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    engine_task.main(["qwen3_14b"])
+    argv = started["argv"]
+    assert (
+        argv[argv.index("--base-gpu-id") + 1] == "0" and argv[argv.index("--port") + 1] == "30001"
+    )
+    assert started["env"]["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
 
 
 def test_fp8_engines_read_a_config_with_the_blockwise_quantization(tmp_path):
