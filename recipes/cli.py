@@ -101,8 +101,8 @@ def _check_slurm_side(recipe: Recipe, options: SlurmOptions, submitting: bool) -
     if options.packager == "git":
         print(check_git_checkout(Path.cwd()), file=sys.stderr)
     if options.network_env:
-        names = ", ".join(item.split("=", 1)[0] for item in options.network_env)
-        print(f"recipes: every task gets {names} from this shell", file=sys.stderr)
+        settings = ", ".join(options.network_env)
+        print(f"recipes: every task gets {settings} from this shell", file=sys.stderr)
 
 
 def _checked(args) -> tuple[Recipe, SlurmOptions | None]:

@@ -3,6 +3,7 @@ it would submit."""
 
 import contextlib
 import sys
+from pathlib import Path
 
 import nemo_run as run
 
@@ -37,9 +38,19 @@ def slurm_sbatch_script(recipe: Recipe, name: str, overrides: list[str], options
 
 
 def submit_to_slurm(recipe: Recipe, name: str, overrides: list[str], options: SlurmOptions):
+    """Submits; the experiment's folder (logs, rank logs) is private to the user: sglang logs
+    its arguments, the engines' API key among them, into the engine log."""
+    private_folder(Path(options.job_dir) / "experiments" / name)
     with run.Experiment(name, log_level="INFO", base_dir=options.job_dir) as experiment:
         _add_slurm_job(experiment, recipe, name, overrides, options)
         experiment.run(detach=True)
+
+
+def private_folder(path: Path) -> None:
+    """``path`` (made if missing) readable by its owner only: what is below it cannot be reached
+    by others, whatever the modes Slurm or NeMo-Run give the files."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 def run_locally(name: str, overrides: list[str], nproc: int) -> None:

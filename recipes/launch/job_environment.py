@@ -23,7 +23,6 @@ TRAINER_ENV = {
 CACHES = {
     "TRITON_CACHE_DIR": "triton",
     "TORCHINDUCTOR_CACHE_DIR": "inductor",
-    "XDG_CACHE_HOME": "xdg",
     "FLASHINFER_WORKSPACE_BASE": "flashinfer",
     "SGLANG_DG_CACHE_DIR": "deep_gemm",
     "SGLANG_CACHE_DIR": "sglang",
@@ -31,11 +30,33 @@ CACHES = {
     "HF_HOME": "huggingface",
 }
 """JIT and download caches, each default under ``~`` (which the container may lack or share with
-every other job): a folder each under the job's cache directory."""
+every other job): a folder each under the job's cache directory. Not ``XDG_CACHE_HOME``: pyxis
+hands the job's environment to enroot on the host (pyxis_slurmstepd.c:431-436, no ``XDG_*`` on
+its deny list), and enroot keeps its image layer cache under ``$XDG_CACHE_HOME/enroot`` unless
+the site pins ``ENROOT_CACHE_PATH`` (enroot.in:75,82): a registry image would be downloaded
+again into every job's folder on every node."""
 DEFAULT_CACHE_ROOT = "/tmp/rlvr-$SLURM_JOB_ID"
 """The container's /tmp (enroot mounts a tmpfs there), one folder per job."""
-NETWORK_PREFIXES = ("NCCL_",)
-NETWORK_KEYS = ("GLOO_SOCKET_IFNAME",)
+NETWORK_KEYS = (
+    "NCCL_SOCKET_IFNAME",
+    "NCCL_SOCKET_FAMILY",
+    "NCCL_IB_HCA",
+    "NCCL_IB_GID_INDEX",
+    "NCCL_IB_TC",
+    "NCCL_IB_SL",
+    "NCCL_IB_DISABLE",
+    "NCCL_IB_TIMEOUT",
+    "NCCL_IB_RETRY_CNT",
+    "NCCL_NET",
+    "NCCL_NET_GDR_LEVEL",
+    "NCCL_CROSS_NIC",
+    "NCCL_TOPO_FILE",
+    "NCCL_DEBUG",
+    "NCCL_DEBUG_SUBSYS",
+    "GLOO_SOCKET_IFNAME",
+)
+"""The network settings a login shell may carry for the job (an allow-list: a module system's
+``NCCL_HOME``/``NCCL_ROOT``/``NCCL_VERSION`` are the login node's, not the image's)."""
 API_KEY = "SGLANG_API_KEY"
 HOST_PYTHON = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
 """sbatch exports the submitting shell's environment: a login node's Python settings must not
@@ -44,14 +65,17 @@ reach the container's interpreters (unless given with ``--env``)."""
 
 def network_env(environ) -> tuple[str, ...]:
     """``KEY=VALUE`` of the submitting shell's NCCL/Gloo network settings."""
-    names = sorted(k for k in environ if k.startswith(NETWORK_PREFIXES) or k in NETWORK_KEYS)
+    names = sorted(k for k in environ if k in NETWORK_KEYS)
     return tuple(f"{k}={environ[k]}" for k in names)
 
 
 def cache_env(cache_dir: str | None) -> dict[str, str]:
-    if cache_dir is None:
-        return {key: f"{DEFAULT_CACHE_ROOT}/{leaf}" for key, leaf in CACHES.items()}
-    return {key: script_word(f"{cache_dir.rstrip('/')}/{leaf}") for key, leaf in CACHES.items()}
+    """One folder per job under ``--cache-dir`` too (JIT caches lock files there; jobs must not
+    share them): the job id is appended unquoted, so the job's shell expands it."""
+    root = DEFAULT_CACHE_ROOT
+    if cache_dir is not None:
+        root = f"{script_word(cache_dir.rstrip('/'))}/$SLURM_JOB_ID"
+    return {key: f"{root}/{leaf}" for key, leaf in CACHES.items()}
 
 
 def task_env(options: SlurmOptions, base: dict[str, str]) -> dict[str, str]:

@@ -80,8 +80,9 @@ def test_both_node_groups_get_the_site_defaults(sbatch_in_process, tmp_path):
 def test_a_cache_folder_can_be_chosen(sbatch_in_process, tmp_path):
     script = sbatch_in_process("qwen3_32b", "--cache-dir", "/results/jit cache/")
     _, env = run_with_stubs(script, tmp_path, {}).calls[1]
-    assert env["TRITON_CACHE_DIR"] == "/results/jit cache/triton"
-    assert env["FLASHINFER_WORKSPACE_BASE"] == "/results/jit cache/flashinfer"
+    assert env["TRITON_CACHE_DIR"] == "/results/jit cache/4242/triton"  # a folder per job
+    assert env["FLASHINFER_WORKSPACE_BASE"] == "/results/jit cache/4242/flashinfer"
+    assert "XDG_CACHE_HOME" not in env  # enroot would keep its image layers under it, on the host
 
 
 def test_scheduling_options_reach_both_node_groups(sbatch_in_process):
@@ -119,6 +120,7 @@ def test_trainer_logs_carry_ranks_and_the_rendezvous_waits_for_slow_nodes(sbatch
 def test_network_settings_of_the_submitting_shell_reach_every_task(
     sbatch_in_process, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("NCCL_HOME", "/login/modules/nccl")  # the login node's, not a setting
     monkeypatch.setenv("NCCL_SOCKET_IFNAME", "=ib0,ib1")
     monkeypatch.setenv("NCCL_IB_HCA", "mlx5_0:1,mlx5_1:1")
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "ib0")
@@ -128,6 +130,7 @@ def test_network_settings_of_the_submitting_shell_reach_every_task(
         _, env = ran.calls[index]
         assert env["NCCL_SOCKET_IFNAME"] == "=ib0,ib1" and env["NCCL_IB_HCA"] == "mlx5_0:1,mlx5_1:1"
         assert env["GLOO_SOCKET_IFNAME"] == "ib0" and env["NCCL_DEBUG"] == "INFO"
+        assert "NCCL_HOME" not in options["container-env"].split(",")
         assert {"NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "NCCL_DEBUG"} <= set(
             options["container-env"].split(",")
         )

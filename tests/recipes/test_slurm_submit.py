@@ -62,6 +62,8 @@ def test_submission_hands_sbatch_a_complete_job(tmp_path):
 
     submitted = (tmp_path / "submitted").read_text().strip()
     assert submitted.startswith(str(tmp_path / "jobs" / "experiments"))
+    experiment_folder = tmp_path / "jobs" / "experiments" / "qwen3_8b"
+    assert experiment_folder.stat().st_mode & 0o077 == 0  # logs hold the engines' API key
     script = open(submitted).read()
     assert subprocess.run(["bash", "-n", submitted]).returncode == 0
     for options, command_words in sruns(script).values():
