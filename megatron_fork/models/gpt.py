@@ -6,7 +6,7 @@ spec (which runs on the CPU backend and on GPUs). On a GPU, Megatron's fused ker
 where they import (``models.fusions``); on the CPU backend all are off.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from megatron.core.models.gpt import GPTModel
@@ -18,6 +18,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer import TransformerConfig
 
 from megatron_fork.models.fusions import model_fusions
+from megatron_fork.models.packed_attention import PackedDotProductAttention
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,17 @@ def _leave_uninitialised(tensor: torch.Tensor) -> None:
 
 
 def _layer_spec(use_te: bool):
+    """TE's layer spec, or Megatron's local spec with a core attention that also takes packed
+    (THD) sequences, which the local ``DotProductAttention`` refuses; unpacked, it is that."""
     if use_te:
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
-    return get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    attention = spec.submodules.self_attention
+    attention = replace(
+        attention,
+        submodules=replace(attention.submodules, core_attention=PackedDotProductAttention),
+    )
+    return replace(spec, submodules=replace(spec.submodules, self_attention=attention))
 
 
 def build_gpt_model(
