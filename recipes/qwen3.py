@@ -15,8 +15,8 @@ prompts per step; the paper does not state 8B/14B's).
 
 Ablations are overrides, not new recipes: ``loss.strategy=all`` (plain DAPO),
 ``loss.strategy=random`` (the same count of random tokens), ``loss.strategy=bottom``,
-``loss.rho=0.1``, ``loss.scope=local_microbatch loss.normalizer=selected_tokens`` (the public
-code's variant).
+``loss.rho=0.1``, ``loss.scope=local_microbatch loss.normalizer=microbatch_selected_mean``
+(the public code's variant).
 
 Layouts come from ``megatron_fork.planning.SUGGESTED_LAYOUTS`` (why each fits a 22.5k-token
 context on 80 GB is written there; ``python tools/plan.py qwen3_32b`` prints the breakdown).

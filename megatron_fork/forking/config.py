@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 STRATEGIES = ("top", "bottom", "random", "all")
 SCOPES = ("local_microbatch", "global_microbatch", "global_step")
-NORMALIZERS = ("all_tokens", "selected_tokens")
+NORMALIZERS = ("all_tokens", "selected_tokens", "microbatch_selected_mean")
 
 
 @dataclass(frozen=True)
@@ -14,7 +14,7 @@ class ForkingLossConfig:
 
     Defaults follow the paper's equation: top 20% by entropy over the whole optimizer step,
     normalised by all valid response tokens. The public code's variant is
-    ``scope="local_microbatch", normalizer="selected_tokens"``.
+    ``scope="local_microbatch", normalizer="microbatch_selected_mean"``.
     """
 
     rho: float = 0.2
@@ -26,8 +26,12 @@ class ForkingLossConfig:
     CP shards together), global_microbatch (one micro-batch across DP and CP), global_step (the
     whole optimizer step across all ranks, from the old-logprob pass's entropies)."""
     normalizer: str = "all_tokens"
-    """Loss denominator: all_tokens (valid response tokens; paper) or selected_tokens (public
-    code). Always the global count of the optimizer step."""
+    """Loss denominator. all_tokens: the step's valid response tokens (paper); selected_tokens:
+    the step's selected tokens; both the global count of the optimizer step.
+    microbatch_selected_mean (public code, verl's dynamic batch): a token mean over each
+    micro-batch's selected tokens (its CP shards together), weighted by its share of the step's
+    rows, rows_m / R (verl: rows_m / the DP rank's rows, then FSDP's mean over DP; the same when
+    every DP rank holds R / DP rows, as verl's dispatch makes it)."""
     eps_low: float = 0.2
     """Lower clip: ratio below 1 - eps_low stops the gradient for A < 0."""
     eps_high: float = 0.28

@@ -2,6 +2,9 @@
 
 With S the selected tokens, V the valid ones and N the normaliser (|V| or |S|, global):
     loss = -(1/N) sum_{t in S} [o_t - kl_coef * kl_t + entropy_coef * H_t]
+One call is one micro-batch, so ``microbatch_selected_mean`` counts |S| here like
+``selected_tokens``; its weighting of micro-batches by rows is step plumbing
+(megatron_fork.trainer.forward_step), which passes each micro-batch's N in ``normalizer``.
 The KL and entropy terms are masked like the surrogate, so no gradient reaches an unselected
 token. Over a group, each rank returns its share (its tokens' sum over the global N), so the
 ranks' losses add up to the loss of the whole scope.
@@ -18,6 +21,7 @@ from megatron_fork.parallel.groups import all_reduce_
 _NORMALIZER_COUNTS = {
     "all_tokens": lambda valid, selected: valid.sum(),
     "selected_tokens": lambda valid, selected: selected.sum(),
+    "microbatch_selected_mean": lambda valid, selected: selected.sum(),
 }
 
 
@@ -115,7 +119,9 @@ def forking_policy_loss(
         per_token = per_token + config.entropy_coef * entropy
     total = torch.where(selected, per_token, 0.0).sum()
     normalizer = torch.as_tensor(normalizer, dtype=torch.float64)
-    loss = -total / normalizer.clamp(min=1).to(total.dtype)
+    # N = 0 only when nothing is counted (the sum is 0 too): divide by 1. N may be below 1 (a
+    # micro-batch's |S_m| / rows_m under microbatch_selected_mean in per-token mode).
+    loss = -total / torch.where(normalizer > 0, normalizer, 1.0).to(total.dtype)
     observed_log_ratio = torch.where(valid_mask, logprob - old_logprob, 0.0).detach()
     metrics = forking_metrics(entropy, valid_mask, selected, surrogate, observed_log_ratio, group)
     return loss, metrics

@@ -13,6 +13,16 @@ Loss scaling (Megatron's contract, megatron-core 0.16):
   divides by the number of micro-batches M; DDP averages gradients over DP x CP. We return this
   rank's share of the global loss (its sum over the global N) times M * DP, so the gradient is
   exactly sum(share) -- the CP factor cancels against DDP's average over CP.
+
+Normalisers: ``all_tokens`` and ``selected_tokens`` divide every micro-batch by the step's
+global token count N. ``microbatch_selected_mean`` is the public code's (verl's dp_actor
+``update_policy`` with ``use_dynamic_bsz``): a token mean over micro-batch m's selected tokens
+S_m, times ``loss_scale_factor = rows_m / ppo_mini_batch_size`` (this DP rank's rows), and FSDP
+averages gradients over DP. With every DP rank holding R / DP rows (verl's dispatch) that is
+    loss = sum_{DP ranks} sum_m (rows_m / R) * (1/|S_m|) sum_{t in S_m} l_t,
+R the step's rows, i.e. each micro-batch divides by its own N_m = |S_m| * R / rows_m. In
+per-token mode R is left to ``finalize_model_grads``: each micro-batch divides by
+|S_m| / rows_m and counts its rows_m (on one CP rank), so the counts add up to R.
 """
 
 from collections.abc import Callable, Iterator
@@ -25,9 +35,10 @@ from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.forking.loss import forking_policy_loss, local_normalizer_count
 from megatron_fork.forking.selection import select_forking_tokens
 from megatron_fork.ops import vocab_parallel_logprob_entropy
-from megatron_fork.parallel.groups import all_reduce_
+from megatron_fork.parallel.groups import all_reduce_, group_rank
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch
+from megatron_fork.trainer.step_tokens import microbatch_rows
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,8 @@ class StepLossScaling:
     """Megatron config ``calculate_per_token_loss``."""
     num_microbatches: int
     normalizer: torch.Tensor | None = None
-    """Global N of the step (needed when not ``per_token``)."""
+    """The step's ``step_normalizer`` (needed when not ``per_token``): global N, or the rows R
+    under ``microbatch_selected_mean``."""
 
     def __post_init__(self):
         if not self.per_token and self.normalizer is None:
@@ -53,6 +65,31 @@ def _logits_to_logprob_entropy(logits, batch, config, groups):
     return vocab_parallel_logprob_entropy(
         logits, batch.target, groups.tp, config.temperature, config.chunk_size, config.vocab_size
     )
+
+
+def _step_token_mean(batch, selected, config, unit, groups):
+    """all_tokens, selected_tokens: every micro-batch divides by the step's N (``unit``: N, or 1
+    in per-token mode); its count is its normaliser tokens on this rank."""
+    return unit, local_normalizer_count(batch.valid_mask, selected, config)
+
+
+def _microbatch_selected_mean(batch, selected, config, unit, groups):
+    """microbatch_selected_mean: N_m = |S_m| * unit / rows_m, |S_m| over the micro-batch's CP
+    shards (``unit``: the step's rows R, or 1 in per-token mode); its count is rows_m, on CP
+    rank 0 only (the other CP ranks hold the same rows)."""
+    rows = microbatch_rows(batch)
+    num_selected = (selected & batch.valid_mask).sum().to(torch.float64).reshape(1)
+    num_selected = all_reduce_(num_selected, groups.cp)[0]
+    count = torch.tensor(rows if group_rank(groups.cp) == 0 else 0, dtype=torch.int64)
+    return num_selected * unit / rows, count
+
+
+# (batch, selected, config, unit, groups) -> (this micro-batch's N, its per-token-mode count)
+_MICROBATCH_NORMALIZERS = {
+    "all_tokens": _step_token_mean,
+    "selected_tokens": _step_token_mean,
+    "microbatch_selected_mean": _microbatch_selected_mean,
+}
 
 
 def forward_step_calling(loss_func, *loss_args) -> Callable:
@@ -93,6 +130,10 @@ def forking_loss_func(
             config.seed,
             batch.token_order,
         )
+    unit = 1.0 if scaling.per_token else scaling.normalizer
+    normalizer, local_count = _MICROBATCH_NORMALIZERS[config.normalizer](
+        batch, selected, config, unit, groups
+    )
     loss, metrics = forking_policy_loss(
         logprob,
         batch.old_logprob,
@@ -102,10 +143,9 @@ def forking_loss_func(
         config,
         groups.dp_cp,  # selection and normaliser are given: the group reduces the metrics
         selected=selected,
-        normalizer=1.0 if scaling.per_token else scaling.normalizer,
+        normalizer=normalizer,
         ref_logprob=batch.ref_logprob,
     )
-    local_count = local_normalizer_count(batch.valid_mask, selected, config)
     return megatron_loss_output(loss, local_count, metrics, scaling, groups)
 
 

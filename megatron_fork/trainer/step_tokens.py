@@ -30,11 +30,37 @@ def _selected_count(config: ForkingLossConfig, microbatches, groups: LossGroups)
     return all_reduce_(k.reshape(1), groups.dp_cp)[0]
 
 
+def _valid_count(config: ForkingLossConfig, microbatches, groups: LossGroups) -> torch.Tensor:
+    """Global number of valid response tokens in the step."""
+    return all_reduce_(_valid_counts(microbatches).sum().reshape(1), groups.dp_cp)[0]
+
+
+def microbatch_rows(microbatch) -> int:
+    """Samples (rows) in one micro-batch: verl's ``response_mask.shape[0]``, rows without a
+    response token included. A packed micro-batch must count its samples, not its one row."""
+    return microbatch.valid_mask.shape[0]
+
+
+def _step_rows(config: ForkingLossConfig, microbatches, groups: LossGroups) -> torch.Tensor:
+    """Global number of samples (rows) in the step, R: the CP ranks of a DP rank hold shards of
+    the same rows, so the DP x CP sum counts each row CP times."""
+    rows = torch.tensor([sum(microbatch_rows(mb) for mb in microbatches)], dtype=torch.int64)
+    return all_reduce_(rows, groups.dp_cp)[0] // groups.cp_size
+
+
+_STEP_NORMALIZERS = {
+    "all_tokens": _valid_count,
+    "selected_tokens": _selected_count,
+    # Each micro-batch's N is |S_m| x R / rows_m (forward_step), so it is weighted by its share
+    # of the step's rows, as verl's dynamic-batch loss scaling weights it.
+    "microbatch_selected_mean": _step_rows,
+}
+
+
 def step_normalizer(config: ForkingLossConfig, microbatches, groups: LossGroups) -> torch.Tensor:
-    """The loss denominator N of the optimizer step: valid or selected tokens over all ranks."""
-    if config.normalizer == "all_tokens":
-        return all_reduce_(_valid_counts(microbatches).sum().reshape(1), groups.dp_cp)[0]
-    return _selected_count(config, microbatches, groups)
+    """The step's constant of the loss denominator, over all ranks: the valid or selected tokens
+    N (all_tokens, selected_tokens), or the rows R (microbatch_selected_mean)."""
+    return _STEP_NORMALIZERS[config.normalizer](config, microbatches, groups)
 
 
 def select_step_tokens(

@@ -25,7 +25,7 @@ def test_defaults_follow_the_paper():
 def test_choices_are_exported():
     assert set(STRATEGIES) == {"top", "bottom", "random", "all"}
     assert set(SCOPES) == {"local_microbatch", "global_microbatch", "global_step"}
-    assert set(NORMALIZERS) == {"all_tokens", "selected_tokens"}
+    assert set(NORMALIZERS) == {"all_tokens", "selected_tokens", "microbatch_selected_mean"}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
