@@ -75,6 +75,11 @@ class PackedDotProductAttention(DotProductAttention):
             raise ValueError(
                 "packed sequences take their mask from cu_seqlens: pass attention_mask=None"
             )
+        if packed_seq_params.qkv_format != "thd":  # else RoPE ran over the whole pack
+            raise ValueError(
+                f"packed sequences need PackedSeqParams(qkv_format='thd'), got "
+                f"{packed_seq_params.qkv_format!r}"
+            )
         thd = query.dim() == 3
         if not thd and query.size(1) != 1:
             raise ValueError(f"packed 4-D input must have batch 1, got {tuple(query.shape)}")

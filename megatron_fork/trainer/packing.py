@@ -6,6 +6,15 @@ it (issue 14, point 1).
 
 Lengths are positions in the packed sequence: for next-token training a sample of ``p`` prompt
 and ``r`` response tokens occupies ``p + r - 1`` positions (``train_batch.row_length``).
+
+For the model, pass the PADDED boundaries as every ``cu_seqlens`` field of ``PackedSeqParams``
+(``cu_seqlens_q = cu_seqlens_kv = cu_seqlens_q_padded = cu_seqlens_kv_padded =
+cu_seqlens_padded()``), as verl and newer Megatron-LM do: TE 2.11 decides whether sequences are
+padded from ``cu_seqlens_padded[:-1]`` against ``cu_seqlens[:-1]`` alone
+(dot_product_attention.py:1299-1309), so padding that only the last sample carries would be
+taken for none, and its CP path would then split real lengths wrongly (context_parallel.py
+:676-744). Padding sits at the end of each slot and attention is causal, so real tokens see
+the same keys either way; ``cu_seqlens()`` (real) is for the loss's masks only.
 """
 
 import dataclasses

@@ -4,6 +4,8 @@ without TE-style padded slots; no token attends across a sample boundary; unpack
 Megatron's ``DotProductAttention`` unchanged. The core attention itself is checked against an
 independent per-sample reference (``torch`` SDPA)."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,6 +219,9 @@ def _core_attention_worker(rank, world_size):
         packed_attention(q[:-1], k[:-1], v[:-1], None, packed_seq_params=params)
     with pytest.raises(ValueError, match="attention_mask=None"):
         packed_attention(q, k, v, torch.ones(1, 1, t, t, dtype=torch.bool), None, None, params)
+    with pytest.raises(ValueError, match="qkv_format='thd'"):  # RoPE would span the pack
+        sbhd = dataclasses.replace(params, qkv_format="sbhd")
+        packed_attention(q, k, v, None, packed_seq_params=sbhd)
     # Unpacked: Megatron's DotProductAttention, bit for bit.
     q, k, v = torch.randn(9, 3, 4, 16), torch.randn(9, 3, 2, 16), torch.randn(9, 3, 2, 16)
     assert torch.equal(packed_attention(q, k, v, None), megatron_attention(q, k, v, None))
