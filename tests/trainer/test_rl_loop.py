@@ -74,13 +74,19 @@ def test_sigkill_mid_step_then_resume_reproduces_the_uninterrupted_run(
 ):
     config = rl_config(base_model, tmp_path / "run", STEPS, checkpoint_every=2)
     config_path = write_config(config, tmp_path / "run.json")
-    process = subprocess.Popen(
-        _command(config_path), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    process = subprocess.Popen(  # its own process group: killed whole, as a job's step is
+        _command(config_path),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         # Step 3 logged: the checkpoint of step 2 is complete and step 4 is under way.
         _wait_for_step(tmp_path / "run" / "metrics.jsonl", 3, process)
-        os.kill(process.pid, signal.SIGKILL)
+        # The trainer and every process it started (reward workers, Megatron's checkpoint
+        # writer's Manager, which watches no parent and would outlive a lone SIGKILL).
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         process.kill()
