@@ -14,11 +14,9 @@ Multi-rank tests assert inside each rank's worker; ``run_distributed`` re-raises
 
 import weakref
 
-import torch
-import torch.distributed as dist
-
 from tests.support.distributed import run_distributed
 from tests.support.hf_folders import write_hf_folder
+from tests.support.server_parity import assert_samples_match_trainer, perturb_
 
 BUCKET_BYTES = 4096
 MAX_ABS = 2e-5
@@ -32,30 +30,6 @@ def _requests(version: int):
         GenerationRequest(p, SamplingParams(max_new_tokens=6, seed=100 * version + i), f"r{i}")
         for i, p in enumerate(PROMPTS)
     ]
-
-
-def _trainer_logprobs(model, samples, vocab):
-    """The trainer's log-prob of each sample's output tokens (every rank calls it)."""
-    from tests.support.megatron_logits import trainer_logprob_entropy
-
-    rows = [list(s.prompt_ids) + list(s.output_ids) for s in samples]
-    width = max(map(len, rows)) + 1
-    tokens = torch.tensor([row + [0] * (width - len(row)) for row in rows])
-    target = torch.roll(tokens, -1, dims=1)
-    logprob, _ = trainer_logprob_entropy(model, tokens, target, vocab)
-    return [
-        logprob[i, len(s.prompt_ids) - 1 : len(s.prompt_ids) - 1 + len(s.output_ids)]
-        for i, s in enumerate(samples)
-    ]
-
-
-def _perturb_(model, seed):
-    """A stand-in for an optimizer step: the weights change. The same seed on every rank keeps
-    the parameters TP ranks replicate (norms) identical, as a real step does."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
 
 
 def _servers_worker(rank, world, model_dir):
@@ -75,7 +49,7 @@ def _servers_worker(rank, world, model_dir):
         engine = ServerRolloutEngine(pool.urls, pool)
     try:
         for version in (1, 2):
-            _perturb_(actor.model.module, seed=version)
+            perturb_(actor.model.module, seed=version)
             if engine is not None:  # sglang's two load formats: per tensor, then flattened
                 engine.flattened_buckets = version == 2
             seen = []
@@ -91,15 +65,9 @@ def _servers_worker(rank, world, model_dir):
                 engine.update_weights([], version=version)
                 assert [c.weight_version() for c in engine.clients] == [version] * 2
                 per_server = [c.generate(_requests(version)) for c in engine.clients]
-            box = [per_server]
-            dist.broadcast_object_list(box, src=0)
-            for samples in box[0]:
-                assert all(s.weight_version == version for s in samples)
-                expected = _trainer_logprobs(actor.model, samples, actor.vocab_size)
-                for sample, trainer in zip(samples, expected, strict=True):
-                    got = torch.tensor(sample.output_logprobs)
-                    error = (got - trainer).abs().max().item()
-                    assert error <= MAX_ABS, f"version {version}: {error:.2e}"
+            assert_samples_match_trainer(
+                actor.model, actor.vocab_size, per_server, version, MAX_ABS
+            )
     finally:
         if pool is not None:
             pool.close()

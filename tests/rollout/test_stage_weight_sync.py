@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from tests.support.distributed import run_distributed
 from tests.support.hf_folders import write_hf_folder
+from tests.support.server_parity import assert_samples_match_trainer, perturb_
 
 BUCKET_BYTES = 4096
 MAX_ABS = 2e-5
@@ -81,48 +82,13 @@ def _instrument(log: dict) -> None:
     WeightGroup.broadcast, StageSender.begin, StageSender.send = counted, timed(begin), timed(send)
 
 
-def _perturb_(model, seed):
-    """A stand-in for an optimizer step: the weights change."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-
-
-def _trainer_logprobs(model, samples, vocab):
-    """The trainer's log-prob of each sample's output tokens on the last stage, else None
-    (every rank calls it)."""
-    from tests.support.megatron_logits import trainer_logprob_entropy
-
-    rows = [list(s.prompt_ids) + list(s.output_ids) for s in samples]
-    width = max(map(len, rows)) + 1
-    tokens = torch.tensor([row + [0] * (width - len(row)) for row in rows])
-    result = trainer_logprob_entropy(model, tokens, torch.roll(tokens, -1, dims=1), vocab)
-    if result is None:
-        return None
-    logprob = result[0]  # [b, s]
-    return [
-        logprob[i, len(s.prompt_ids) - 1 : len(s.prompt_ids) - 1 + len(s.output_ids)]
-        for i, s in enumerate(samples)
-    ]
-
-
 def _check_parity(actor, engine, version: int) -> None:
     """Every server's samples at ``version`` against the trainer's log-probs (last stage)."""
     per_server = None
     if engine is not None:
         assert [c.weight_version() for c in engine.clients] == [version] * 2
         per_server = [c.generate(_requests(version)) for c in engine.clients]
-    box = [per_server]
-    dist.broadcast_object_list(box, src=0)
-    for samples in box[0]:
-        assert all(s.weight_version == version for s in samples)
-        expected = _trainer_logprobs(actor.model, samples, actor.vocab_size)
-        if expected is None:  # not the last stage
-            continue
-        for sample, trainer in zip(samples, expected, strict=True):
-            error = (torch.tensor(sample.output_logprobs) - trainer).abs().max().item()
-            assert error <= MAX_ABS, f"version {version}: {error:.2e}"
+    assert_samples_match_trainer(actor.model, actor.vocab_size, per_server, version, MAX_ABS)
 
 
 def _gathered(value):
@@ -165,13 +131,13 @@ def _pp2_worker(rank, world, model_dir):
     weights = WeightSync(actor.model, actor.layout, engine, BUCKET_BYTES)
     try:
         for version in (1, 2):  # sglang's two load formats: per tensor, then flattened
-            _perturb_(actor.model.module, seed=version)
+            perturb_(actor.model.module, seed=version)
             if engine is not None:
                 engine.flattened_buckets = version == 2
             _synced(weights, log, version, stage_bytes, rank)
             _check_parity(actor, engine, version)
 
-        _perturb_(actor.model.module, seed=3)
+        perturb_(actor.model.module, seed=3)
         old_groups = _gathered(weights.group_name)
         log["fail_at"] = 2 if rank == 1 else None
         expected = WeightSyncError if rank == 0 else RuntimeError  # rank 1 names rank 0's
@@ -247,7 +213,7 @@ def _fp8_worker(rank, world, model_dir):
         engine = ServerRolloutEngine(pool.urls, pool, fp8_block=128, flattened_buckets=True)
     weights = WeightSync(actor.model, actor.layout, engine, BUCKET_BYTES)
     try:
-        _perturb_(actor.model.module, seed=5)
+        perturb_(actor.model.module, seed=5)
         weights.sync(1)
         assert log["bytes"] > 0  # each stage sent its own
         reference = _fp8_reference(actor, model_dir)
