@@ -52,6 +52,10 @@ def gpu_fusions(have_te: bool, have_wgrad_kernel: bool) -> dict:
     }
 
 
+GPU_FUSION_FIELDS = tuple(gpu_fusions(have_te=True, have_wgrad_kernel=True))
+"""The fusions a GPU model may have on."""
+
+
 def wgrad_kernel_available() -> bool:
     """Whether Apex's fused weight-gradient accumulation kernel imports (as Megatron checks)."""
     return importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None

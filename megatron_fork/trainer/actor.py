@@ -22,7 +22,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 from transformers import Qwen3Config
 
-from megatron_fork.models.fusions import model_fusions
+from megatron_fork.models.fusions import GPU_FUSION_FIELDS
 from megatron_fork.models.hf_mapping import Qwen3Layout, load_hf_weights_
 from megatron_fork.models.hf_weights import HFWeights
 from megatron_fork.models.qwen3 import build_qwen3_model
@@ -162,7 +162,7 @@ def megatron_model(
     if on_cpu:
         return model
     if dist.get_rank() == 0:  # which kernels this image gave (Apex's wgrad kernel may be absent)
-        fused = [name for name, on in model_fusions(on_cpu=False).items() if on]
+        fused = [name for name in GPU_FUSION_FIELDS if getattr(model.config, name)]
         print(f"Megatron fusions on: {', '.join(fused) or 'none'}", flush=True)
     return model.cuda()
 
