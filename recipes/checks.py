@@ -1,7 +1,9 @@
 """Everything about a recipe that can be wrong is found here, before a job is submitted: the
 process count against TP x PP x CP, Megatron's divisibility rules against the model's shape
-(heads, kv heads, layers; the sequence against 2 x CP and TP with sequence parallel), sglang's
-against the engines, and the memory plan of the most loaded GPU."""
+(heads, kv heads, layers; the sequence, or with packing the micro-batch's token budget, against
+2 x CP and TP with sequence parallel), the packing budget against the longest prompt + response,
+sglang's rules against the engines, and the memory plan of the most loaded GPU (made at the
+budget with packing, at the padded rows without)."""
 
 import math
 from pathlib import PurePosixPath
@@ -47,6 +49,9 @@ def training_layout(recipe: Recipe) -> TrainingLayout:
         fp8=recipe.config.precision.fp8 != "none",
         micro_batch_size=recipe.config.micro_batch_size,
         sequence_length=recipe.launch.context_tokens,
+        max_tokens_per_microbatch=(
+            recipe.config.max_tokens_per_microbatch if recipe.config.packing else None
+        ),
     )
 
 
@@ -63,7 +68,7 @@ def rollout_placement(recipe: Recipe) -> RolloutPlacement:
 
 def check_processes(recipe: Recipe) -> None:
     """Ranks for the layout, engines per node, and every mini-batch splitting into whole
-    micro-batches on each data-parallel rank."""
+    micro-batches on each data-parallel rank (without packing)."""
     parallel, launch = recipe.config.parallel, recipe.launch
     if launch.world_size % parallel.model_parallel_size:
         raise ValueError(
@@ -80,24 +85,27 @@ def check_processes(recipe: Recipe) -> None:
     if engines.nodes and recipe.config.rollout.engine != "server":
         raise ValueError("engine nodes need rollout.engine=server (sglang engines)")
     config = recipe.config
-    rollout = config.rollout
-    check_batch_layout(
-        rollout.prompts_per_step * rollout.samples_per_prompt,
-        config.mini_batches_per_step,
-        config.micro_batch_size,
-        recipe.data_parallel,
-    )
+    samples = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
+    if not config.packing:  # packed, the planner balances any count over the ranks
+        check_batch_layout(
+            samples, config.mini_batches_per_step, config.micro_batch_size, recipe.data_parallel
+        )
 
 
 def check_context(recipe: Recipe) -> None:
-    """The planned length must hold a prompt and a full response, and be a length the trainer
-    makes rows of (Megatron's 2 x CP split, TP x CP with sequence parallelism, FP8 GEMM rows)."""
-    launch, rollout = recipe.launch, recipe.config.rollout
+    """The planned length must hold a prompt and a full response, and the row the trainer
+    builds (a padded row of ``launch.context_tokens``, or with packing a micro-batch of
+    ``max_tokens_per_microbatch``) must be a length it makes rows of: Megatron's 2 x CP split,
+    TP x CP with sequence parallelism, FP8 GEMM rows (the trainer floors a budget to it)."""
+    launch, rollout, config = recipe.launch, recipe.config.rollout, recipe.config
     multiple = context_multiple(recipe)
-    if launch.context_tokens % multiple:
-        fitting = math.ceil(launch.context_tokens / multiple) * multiple
+    name, length = "launch.context_tokens", launch.context_tokens
+    if config.packing:
+        name, length = "max_tokens_per_microbatch", config.max_tokens_per_microbatch
+    if length % multiple:
+        fitting = math.ceil(length / multiple) * multiple
         raise ValueError(
-            f"launch.context_tokens={launch.context_tokens} is not a multiple of {multiple}, "
+            f"{name}={length} is not a multiple of {multiple}, "
             "the row length unit at this layout (2 x CP; TP x CP with sequence parallelism; "
             f"FP8 GEMM rows per rank): use {fitting}"
         )
@@ -106,6 +114,21 @@ def check_context(recipe: Recipe) -> None:
             f"launch.context_tokens={launch.context_tokens} must hold a prompt plus "
             f"rollout.max_new_tokens={rollout.max_new_tokens}: raise it to the prompt cap + "
             "max_new_tokens (the memory plan is made at this length)"
+        )
+
+
+def check_budget(recipe: Recipe) -> None:
+    """With packing, ``max_tokens_per_microbatch`` must hold the longest prompt + response
+    (``launch.context_tokens``): a longer sample would train alone in a micro-batch of its own
+    length, which the memory plan (made at the budget) never saw."""
+    budget, longest = recipe.config.max_tokens_per_microbatch, recipe.launch.context_tokens
+    if recipe.config.packing and budget < longest:
+        multiple = context_multiple(recipe)
+        raise ValueError(
+            f"max_tokens_per_microbatch={budget} is below the longest prompt + response "
+            f"(launch.context_tokens={longest}): such a sample would train alone in a "
+            f"micro-batch the memory plan does not cover; raise max_tokens_per_microbatch to at "
+            f"least {math.ceil(longest / multiple) * multiple}"
         )
 
 
@@ -133,8 +156,10 @@ def check_recipe(recipe: Recipe, cluster: Cluster = H100_80GB) -> MemoryPlan | N
     """Raise ValueError naming what to change (``LayoutDoesNotFit`` with the breakdown when
     the most loaded GPU would run out of memory); return the memory plan. None for a model the
     planner has no shape for: the CPU default, which the trainer checks as it builds."""
+    check_budget(recipe)  # in the recipe's own keys, before the planner refuses it in its own
     if recipe.launch.model is None:
         check_processes(recipe)
+        check_context(recipe)
         return None
     if recipe.launch.model not in QWEN3_SIZES:
         raise ValueError(f"launch.model={recipe.launch.model!r}: one of {sorted(QWEN3_SIZES)}")

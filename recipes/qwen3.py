@@ -18,8 +18,9 @@ Ablations are overrides, not new recipes: ``loss.strategy=all`` (plain DAPO),
 ``loss.rho=0.1``, ``loss.scope=local_microbatch loss.normalizer=microbatch_selected_mean``
 (the public code's variant).
 
-Layouts come from ``megatron_fork.planning.SUGGESTED_LAYOUTS`` (why each fits a 22.5k-token
-context on 80 GB is written there; ``python tools/plan.py qwen3_32b`` prints the breakdown).
+Layouts and packing budgets (``max_tokens_per_microbatch``: 22528 for 8B, 32768 for 14B/32B)
+come from ``megatron_fork.planning.SUGGESTED_LAYOUTS`` (why each fits 80 GB is written there;
+``python tools/plan.py qwen3_32b`` prints the breakdown and packed against padded training).
 Precision: bf16 weights with fp32 main weights and gradients; Transformer Engine FP8 (e4m3,
 blockwise 128x128 scaling, the scheme sglang's FP8 engines use) for the linear layers of the
 transformer blocks except the first and last block; embeddings, norms, the output layer and
@@ -53,13 +54,15 @@ CHECKPOINT_EVERY = {"qwen3_8b": 2, "qwen3_14b": 2, "qwen3_32b": 1}
 requeued at its 4-hour limit loses under an hour (each checkpoint: weights + optimizer)."""
 
 
-def _paper_config(name: str, parallel: ParallelConfig) -> RLConfig:
+def _paper_config(name: str, parallel: ParallelConfig, budget: int) -> RLConfig:
     return RLConfig(
         base_model=f"/checkpoints/{name}_base_mcore",
         output_dir=f"/results/{name}_forking_top20",
         steps=1000,
         mini_batches_per_step=16,  # 512 prompts x 16 samples in mini-batches of 32 prompts
-        micro_batch_size=1,  # one 22.5k-token row per micro-batch
+        packing=True,  # samples packed back to back (THD), balanced over DP by tokens
+        max_tokens_per_microbatch=budget,  # >= 2048 + 20480: SUGGESTED_LAYOUTS' budget
+        micro_batch_size=1,  # packing=False only: one 22.5k-token row per micro-batch
         checkpoint_every=CHECKPOINT_EVERY[name],
         keep_checkpoints=2,
         progress=False,  # logs to files on a cluster: JSONL + TensorBoard instead
@@ -93,7 +96,7 @@ def _recipe(name: str, summary: str) -> Recipe:
         distributed_optimizer=training.distributed_optimizer,
         collective_timeout_minutes=120.0,
     )
-    config = _paper_config(name, parallel)
+    config = _paper_config(name, parallel, training.max_tokens_per_microbatch)
     launch = LaunchSpec(
         model=name,
         train_nodes=train_nodes,

@@ -50,7 +50,8 @@ def rl(base_model: str | Path, output_dir: str | Path, seed: int = 0) -> RLConfi
         steps=60,
         seed=seed,
         mini_batches_per_step=2,
-        micro_batch_size=64,
+        max_tokens_per_microbatch=4096,  # packed: as many positions as 64 rows of 64 tokens
+        micro_batch_size=64,  # packing=False only
         checkpoint_every=20,
         rollout=RolloutConfig(
             prompts_per_step=32,

@@ -34,6 +34,7 @@ from megatron_fork.trainer.rollout_scatter import (
     ScatterGroups,
     scatter_rollout,
 )
+from megatron_fork.trainer.step_layout import StepLayout
 
 VOCAB = 151_936  # Qwen3
 FULL_SAMPLES, FULL_DP = 8192, 16  # 512 prompts x 16; 64 GPUs / (TP=2 x CP=2)
@@ -72,7 +73,8 @@ def step(n: int, dp: int, mean: int, max_len: int, seed: int) -> RolloutToScatte
     ]
     per = n // dp
     assignment = [list(range(d * per, n if d == dp - 1 else (d + 1) * per)) for d in range(dp)]
-    return RolloutToScatter(samples, torch.randn(n, generator=g), [True] * n, assignment)
+    layout = StepLayout.one_microbatch(assignment)
+    return RolloutToScatter(samples, torch.randn(n, generator=g), [True] * n, layout)
 
 
 def scatter_bytes(prompts: list[int], resps: list[int], indices: list[int]) -> int:
@@ -80,7 +82,8 @@ def scatter_bytes(prompts: list[int], resps: list[int], indices: list[int]) -> i
     tokens = sum(prompts[i] + resps[i] for i in indices)
     responses = sum(resps[i] for i in indices)
     n = len(indices)
-    return 8 * len(HEADER) + 8 * META_COLUMNS * n + 4 * tokens + 4 * (responses + n)
+    schedule = 8 * 2  # one mini-batch: (micro-batches, trained)
+    return 8 * len(HEADER) + 8 * META_COLUMNS * n + schedule + 4 * tokens + 4 * (responses + n)
 
 
 def full_scale(args) -> dict:
@@ -135,7 +138,8 @@ def _rank(rank, world, init_file, args, out_file):
     if rank == 0:
         prompts = [len(s.prompt_ids) for s in received[0]]
         resps = [len(s.output_ids) for s in received[0]]
-        new_bytes = [scatter_bytes(prompts, resps, a) for a in data.assignment]
+        assignment = [data.layout.assignment(d) for d in range(data.layout.dp_size)]
+        new_bytes = [scatter_bytes(prompts, resps, a) for a in assignment]
         result = {
             "ranks": world,
             "samples": args.samples,

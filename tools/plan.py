@@ -3,9 +3,12 @@
     python tools/plan.py qwen3_32b                               # the recipe as it is
     python tools/plan.py qwen3_32b parallel.tensor_parallel=4 --gpu-memory-gib 79.65
     python tools/plan.py qwen3_8b --mean-response-tokens 12000 --json plan.json
+    python tools/plan.py qwen3_14b max_tokens_per_microbatch=45056   # a larger packing budget
 
-Exits 2 with the breakdown when the layout does not fit (as ``python -m recipes`` does before
-a launch). Every figure is an estimate (megatron_fork/planning: the formulas and their sources).
+Training is costed packed (the recipes' default) and padded, on the same samples, with the
+ratio: what packing saves. Exits 2 with the breakdown when the layout does not fit (as
+``python -m recipes`` does before a launch). Every figure is an estimate
+(megatron_fork/planning: the formulas and their sources).
 """
 
 import argparse
@@ -21,7 +24,9 @@ from megatron_fork.planning import (  # noqa: E402
     QWEN3_SIZES,
     LayoutDoesNotFit,
     Workload,
+    compare_packing,
     estimate_step_time,
+    largest_budget,
 )
 from recipes.checks import check_recipe, rollout_placement, training_layout  # noqa: E402
 from recipes.registry import RECIPE_ERRORS, RECIPES, build_recipe, error_message  # noqa: E402
@@ -77,13 +82,32 @@ def main(argv=None) -> None:
         raise SystemExit(f"plan: error: {error}") from None
     model = QWEN3_SIZES[launch.model]
     layout, engines = training_layout(recipe), rollout_placement(recipe)
-    times = estimate_step_time(model, layout, engines, cluster, _workload(recipe, args))
+    workload = _workload(recipe, args)
+    try:
+        times = estimate_step_time(model, layout, engines, cluster, workload)
+        packing = compare_packing(model, layout, cluster, workload)
+    except ValueError as error:
+        raise SystemExit(f"plan: error: {error}") from None
+    packing["largest max_tokens_per_microbatch that fits"] = largest_budget(
+        model, layout, engines, cluster
+    )
     print(plan.table())
     print()
     print(times.table())
+    print()
+    print(_packing_table(packing))
     if args.json:
+        figures = {"memory": plan.as_dict(), "step_time": times.as_dict(), "packing": packing}
         with open(args.json, "w") as out:
-            json.dump({"memory": plan.as_dict(), "step_time": times.as_dict()}, out, indent=2)
+            json.dump(figures, out, indent=2)
+
+
+def _packing_table(packing: dict) -> str:
+    lines = ["ESTIMATE: training per RL step, packed against padded rows (the same samples)"]
+    for name, value in packing.items():
+        shown = f"{value:10.2f}" if isinstance(value, float) else f"{value!s:>10}"
+        lines.append(f"  {name:<44}{shown}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,21 @@ def forward_flops(
     )
 
 
+def packed_forward_flops(
+    block: BlockShape, num_layers: int, vocab: int, tokens: float, attention_pairs: float
+) -> ForwardFlops:
+    """Forward FLOPs of packed sequences: the linear parts over ``tokens`` positions, causal
+    attention over ``attention_pairs`` = sum of len**2 of the samples (attention stays within
+    each sample). One sequence of s tokens: ``tokens=s, attention_pairs=s**2``."""
+    per_token = forward_flops(block, num_layers, vocab, 1, causal=True)
+    return ForwardFlops(
+        tokens * per_token.attention_linear,
+        tokens * per_token.mlp,
+        attention_pairs * per_token.attention_core,  # 2 * 2 * len**2 * q * 0.5 per layer
+        tokens * per_token.logits,
+    )
+
+
 def training_flops(
     fwd: ForwardFlops, recompute: str, recompute_modules: tuple[str, ...] = ()
 ) -> float:

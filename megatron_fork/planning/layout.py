@@ -3,6 +3,7 @@ cluster. Frozen dataclasses, each checked on construction; ``check_layout`` chec
 against a model (the divisibility rules Megatron-Core asserts at start-up, here before a job
 is queued)."""
 
+import math
 from dataclasses import dataclass
 
 from megatron_fork.planning.sizes import ModelSize
@@ -40,15 +41,20 @@ class TrainingLayout:
     """Transformer Engine FP8 GEMMs (FP8 weight copies are added to memory; activation savings
     from FP8 inputs are not counted, so the plan stays conservative)."""
     micro_batch_size: int
-    """b: sequences per micro-batch."""
+    """b: sequences per micro-batch without packing (``max_tokens_per_microbatch=None``)."""
     sequence_length: int
-    """s: tokens per (padded) sequence, prompt + response (e.g. 2048 + 20480 = 22528)."""
+    """s: the longest sample, prompt + response (e.g. 2048 + 20480 = 22528); without packing
+    every row is padded to it."""
     logits_chunk_tokens: int = 512
     """Tokens per chunk of the log-prob/entropy op: two fp32 [chunk, V/t] buffers."""
     recompute_modules: tuple[str, ...] = ("core_attn",)
     """With recompute="selective": Megatron's ``recompute_modules`` (its default: core_attn)."""
     flash_attention: bool = True
     """Fused/flash attention (TE, sglang): the a * s^2 attention scores are never stored."""
+    max_tokens_per_microbatch: int | None = None
+    """Packing (``RLConfig.max_tokens_per_microbatch``): the packed length of one micro-batch,
+    all CP ranks together; samples are packed back to back up to it (THD, ``cu_seqlens``).
+    None: rows of ``micro_batch_size`` samples padded to ``sequence_length`` (packing=False)."""
 
     def __post_init__(self):
         _positive(
@@ -61,6 +67,8 @@ class TrainingLayout:
             sequence_length=self.sequence_length,
             logits_chunk_tokens=self.logits_chunk_tokens,
         )
+        if self.packing:
+            _positive("TrainingLayout", max_tokens_per_microbatch=self.max_tokens_per_microbatch)
         if self.recompute not in RECOMPUTE:
             raise ValueError(f"TrainingLayout.recompute must be one of {RECOMPUTE}")
         unknown = set(self.recompute_modules) - set(RECOMPUTE_MODULES)
@@ -84,6 +92,32 @@ class TrainingLayout:
     def model_parallel_size(self) -> int:
         """GPUs holding one copy of the model: t * p * c."""
         return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
+
+    @property
+    def packing(self) -> bool:
+        return self.max_tokens_per_microbatch is not None
+
+    @property
+    def micro_batch_tokens(self) -> int:
+        """Positions of one micro-batch, all CP ranks together: the packing budget, else
+        ``micro_batch_size`` rows of ``sequence_length``. Each GPU holds 1 / CP of them."""
+        if self.packing:
+            return self.max_tokens_per_microbatch
+        return self.sequence_length * self.micro_batch_size
+
+    @property
+    def row_multiple(self) -> int:
+        """What a row (a packed micro-batch) is padded to, as the trainer's
+        ``train_batch.layout_row_multiple``: 8; 2 x CP; TP x CP with sequence parallelism;
+        with FP8, 128 local rows (blockwise scaling, the recipes' scheme) x TP x CP."""
+        t, c = self.tensor_parallel if self.sequence_parallel else 1, self.context_parallel
+        multiple = math.lcm(8, 2 * c if c > 1 else 1, t * c)
+        return math.lcm(multiple, 128 * t * c) if self.fp8 else multiple
+
+    @property
+    def sample_multiple(self) -> int:
+        """What each packed sample is padded to: 2 x CP (TE's THD CP split), else 1."""
+        return 2 * self.context_parallel if self.context_parallel > 1 else 1
 
 
 @dataclass(frozen=True)
@@ -217,16 +251,34 @@ def check_layout(model: ModelSize, layout: TrainingLayout) -> None:
             f"pipeline_parallel={layout.pipeline_parallel} does not divide num_layers="
             f"{model.num_layers}: use one of {_divisors(model.num_layers, model.num_layers)}."
         )
+    if layout.packing:
+        _check_budget(layout)
+        s, name = layout.max_tokens_per_microbatch, "max_tokens_per_microbatch"
+    else:
+        name = "sequence_length"
     if c > 1 and s % (2 * c):
         raise ValueError(
-            f"sequence_length={s} is not divisible by 2 * context_parallel = {2 * c} (CP splits "
-            f"each sequence into 2 * CP chunks): pad sequence_length to a multiple of {2 * c} "
+            f"{name}={s} is not divisible by 2 * context_parallel = {2 * c} (CP splits "
+            f"each sequence into 2 * CP chunks): pad {name} to a multiple of {2 * c} "
             f"or change context_parallel."
         )
     if layout.sequence_parallel and (s // c) % t:
         raise ValueError(
             f"with sequence_parallel, the {s // c} tokens per CP rank must divide by "
-            f"tensor_parallel={t}: pad sequence_length to a multiple of {c * t} (x2 with CP)."
+            f"tensor_parallel={t}: pad {name} to a multiple of {c * t} (x2 with CP)."
+        )
+
+
+def _check_budget(layout: TrainingLayout) -> None:
+    """A packed micro-batch must hold the longest sample: a longer one would be trained alone
+    in a micro-batch of its own length, which the memory plan (made at the budget) never saw."""
+    budget, longest = layout.max_tokens_per_microbatch, layout.sequence_length
+    if budget < longest:
+        fitting = -(-longest // layout.row_multiple) * layout.row_multiple
+        raise ValueError(
+            f"max_tokens_per_microbatch={budget} is below the longest sample (prompt + "
+            f"response, sequence_length={longest}): it would train alone in a micro-batch the "
+            f"memory plan does not cover; raise max_tokens_per_microbatch to at least {fitting}."
         )
 
 

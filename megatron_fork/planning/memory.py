@@ -13,11 +13,12 @@ Activations: ``activations.py`` (Korthikanti et al. 2022, adapted to Qwen3's blo
 layers of the stage times the micro-batches in flight: under 1F1B, stage k of p holds p - k,
 so the first stage holds p (Korthikanti et al. 2022; ``theoretical_memory_usage.py`` computes
 the first stage with "pp_size microbatches in flight"), assuming at least p micro-batches.
-Each GPU holds s * b / CP tokens of a micro-batch. On top: one layer's full activations as
-the working set of a layer's backward (with full recomputation: the recomputed layer), and on
-the last stage the output layer's input, the bf16 logits [tokens, V/t] and their gradient
-(together Megatron's 4*s*b*V/t for fp32 logits) and the loss op's two fp32 [chunk, V/t]
-buffers (``megatron_fork/ops/logprob_entropy.py``).
+Each GPU holds 1 / CP of a micro-batch's tokens: packed, the budget
+``max_tokens_per_microbatch`` (the most a packed micro-batch holds); padded, s * b. On top: one
+layer's full activations as the working set of a layer's backward (with full recomputation:
+the recomputed layer), and on the last stage the output layer's input, the bf16 logits
+[tokens, V/t] and their gradient (together Megatron's 4*s*b*V/t for fp32 logits) and the loss
+op's two fp32 [chunk, V/t] buffers (``megatron_fork/ops/logprob_entropy.py``).
 A micro-batch's own inputs (ids, targets, advantages: ~50 bytes/token, under 1 MiB) and the
 pipeline's send/receive buffers are left out.
 
@@ -29,6 +30,7 @@ is the larger of the two phases. Everything is an estimate: allocator behaviour,
 kernel workspaces are covered only by ``Cluster.reserved_gib``.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -180,7 +182,7 @@ def _state_bytes(model, layout, first, last) -> dict[str, float]:
 
 def _activation_bytes(model, layout, stage_index) -> dict[str, float]:
     t, p, sp = layout.tensor_parallel, layout.pipeline_parallel, layout.sequence_parallel
-    tokens = layout.sequence_length * layout.micro_batch_size / layout.context_parallel
+    tokens = layout.micro_batch_tokens / layout.context_parallel
     in_flight = p - stage_index
     block = qwen3_block(model)
     common = (layout.sequence_length, t, sp)
@@ -200,7 +202,7 @@ def _activation_bytes(model, layout, stage_index) -> dict[str, float]:
 
 def _loss_bytes(model, layout) -> dict[str, float]:
     t = layout.tensor_parallel
-    tokens = layout.sequence_length * layout.micro_batch_size / layout.context_parallel
+    tokens = layout.micro_batch_tokens / layout.context_parallel
     vocab_local = padded_vocab_size(model.vocab_size, t) / t
     h_local = model.hidden_size / (t if layout.sequence_parallel else 1)
     return {
@@ -247,7 +249,7 @@ def plan_memory(
     """The per-GPU memory plan of a layout (checks divisibility first)."""
     check_layout(model, layout)
     check_rollout(model, rollout, layout)
-    p = layout.pipeline_parallel
+    p, c = layout.pipeline_parallel, layout.context_parallel
     candidates = {"only": 0} if p == 1 else {"first": 0, "last": p - 1}
     stages = {name: training_breakdown(model, layout, k) for name, k in candidates.items()}
     stage = max(stages, key=lambda name: sum(stages[name].values()))
@@ -260,6 +262,14 @@ def plan_memory(
         if layout.flash_attention
         else "no flash attention: a*s^2 scores stored",
     ]
+    if layout.packing:
+        notes.append(
+            f"packed micro-batches of up to max_tokens_per_microbatch="
+            f"{layout.max_tokens_per_microbatch} tokens, {layout.micro_batch_tokens // c} "
+            "per CP rank"
+        )
+    else:
+        notes.append(f"padded rows: {layout.micro_batch_size} x {layout.sequence_length} tokens")
     if p > 1:
         notes.append(f"1F1B: {p} micro-batches in flight on the first stage (>= {p} per step)")
     return MemoryPlan(
@@ -272,3 +282,18 @@ def plan_memory(
         notes=tuple(notes),
         layout=layout,
     )
+
+
+def largest_budget(
+    model: ModelSize, layout: TrainingLayout, rollout: RolloutPlacement, cluster: Cluster
+) -> int | None:
+    """The largest ``max_tokens_per_microbatch`` (a multiple of ``layout.row_multiple``, at
+    least ``sequence_length``) whose plan fits, or None if not even the smallest does."""
+    unit = layout.row_multiple
+    budget, best = -(-layout.sequence_length // unit) * unit, None
+    while budget <= 64 * layout.sequence_length:  # memory grows with the budget: stop at a miss
+        packed = dataclasses.replace(layout, max_tokens_per_microbatch=budget)
+        if not plan_memory(model, packed, rollout, cluster).fits:
+            break
+        best, budget = budget, budget + unit
+    return best

@@ -41,6 +41,12 @@ def suggestions(plan) -> list[str]:
     """What would shrink the plan, biggest lever first. ``plan``: a MemoryPlan."""
     layout, advice = plan.layout, []
     if plan.total > plan.capacity:
+        if layout.packing and layout.max_tokens_per_microbatch > layout.sequence_length:
+            advice.append(
+                f"max_tokens_per_microbatch below {layout.max_tokens_per_microbatch} (at least "
+                f"the longest sample, {layout.sequence_length}): activations and logits scale "
+                "with it"
+            )
         if not layout.distributed_optimizer:
             advice.append("distributed_optimizer=True: shards 12 of the 18 bytes/param (DP x CP)")
         if layout.recompute != "full":

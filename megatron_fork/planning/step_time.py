@@ -15,17 +15,22 @@ after another (on-policy, synchronous; no overlap of rollout and training is mod
 - Old-logprob pass and training: FLOPs of ``flops.py`` (3 forwards for training, plus what
   recomputation runs again) over all training GPUs at ``Efficiency.mfu`` of peak, stretched by
   the 1F1B pipeline bubble (1 + (p - 1) / m), m = micro-batches per pipeline per mini-batch
-  (the bubble fraction of Narayanan et al. 2021). Attention uses the mean sequence length.
+  (the bubble fraction of Narayanan et al. 2021). The tokens, sum(len**2) of attention and m
+  are ``batch_cost.py``'s, over the workload's lengths (``response_lengths``): packed at the
+  layout's ``max_tokens_per_microbatch``, else rows padded to the longest sample.
+  ``compare_packing`` gives both, for the same samples.
 - Weight sync: the engine-format model (bf16 or fp8) at ``Efficiency.link_efficiency`` of the
   link: InfiniBand per GPU (disaggregated: the trainer's rank 0 broadcasts) or NVLink
   (colocated, CUDA IPC).
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from megatron_fork.planning.activations import qwen3_block
-from megatron_fork.planning.flops import forward_flops, training_flops
+from megatron_fork.planning.batch_cost import mini_batch_cost, response_lengths
+from megatron_fork.planning.flops import forward_flops, packed_forward_flops, training_flops
 from megatron_fork.planning.layout import Cluster, RolloutPlacement, TrainingLayout
 from megatron_fork.planning.memory import engine_weight_bytes, plan_memory
 from megatron_fork.planning.sizes import ModelSize
@@ -49,7 +54,8 @@ class Workload:
     """Generated / kept prompts (dynamic sampling over-generates, e.g. 1536 / 512 = 3 at most)."""
     max_response_tokens: int = 0
     """Longest response (e.g. 20480): decode lasts at least this many steps of a small batch
-    (the tail); 0 leaves the tail out."""
+    (the tail), and training's response lengths spread up to it (``mini_batch_lengths``); 0
+    leaves the tail out (every response at the mean)."""
 
     def __post_init__(self):
         counts = ("prompts_per_step", "samples_per_prompt", "prompt_tokens")
@@ -59,6 +65,8 @@ class Workload:
                 raise ValueError(f"Workload.{name} must be a positive int, got {value!r}")
         if self.generation_rounds < 1.0:
             raise ValueError("Workload.generation_rounds must be >= 1.0 (generated / kept)")
+        if 0 < self.max_response_tokens < self.mean_response_tokens:
+            raise ValueError("Workload.max_response_tokens must be >= mean_response_tokens")
 
     @property
     def sequences(self) -> int:
@@ -67,6 +75,14 @@ class Workload:
     @property
     def sequence_tokens(self) -> int:
         return self.prompt_tokens + self.mean_response_tokens
+
+    def mini_batch_lengths(self) -> list[int]:
+        """Positions (prompt + response - 1) of one mini-batch's samples: mean prompts and
+        ``batch_cost.response_lengths`` (the mean alone when ``max_response_tokens`` is 0)."""
+        count = self.sequences // self.mini_batches_per_step
+        longest = self.max_response_tokens or self.mean_response_tokens
+        responses = response_lengths(self.mean_response_tokens, longest, count)
+        return [self.prompt_tokens + r - 1 for r in responses]
 
 
 @dataclass(frozen=True)
@@ -151,21 +167,58 @@ def _prefill_seconds(model, rollout, cluster, workload, eff) -> float:
     return prompts * fwd.total / gpu_flops
 
 
-def _bubble(layout: TrainingLayout, sequences: int) -> float:
-    micro_batches = max(1, sequences // (layout.data_parallel * layout.micro_batch_size))
-    return 1 + (layout.pipeline_parallel - 1) / micro_batches
+def _bubble(layout: TrainingLayout, micro_batches: int) -> float:
+    return 1 + (layout.pipeline_parallel - 1) / max(1, micro_batches)
 
 
-def _training_phases(model, layout, workload, cluster, eff) -> dict[str, float]:
-    fwd = _forward(model, workload.sequence_tokens)
+def _training_phases(model, layout, workload, cluster, eff) -> tuple[dict, dict]:
+    """Old-logprob pass and training seconds (both one schedule of m micro-batches per
+    mini-batch, as the trainer runs them), plus the mini-batch's cost figures."""
+    cost = mini_batch_cost(layout, workload.mini_batch_lengths())
+    fwd = packed_forward_flops(
+        qwen3_block(model),
+        model.num_layers,
+        model.vocab_size,
+        cost.computed_tokens,
+        cost.attention_pairs,
+    )
     speed = layout.world_size * cluster.peak_bf16_tflops * 1e12 * eff.mfu
     speed *= eff.fp8_speedup if layout.fp8 else 1.0
-    n, mini = workload.sequences, workload.mini_batches_per_step
-    train = n * training_flops(fwd, layout.recompute, layout.recompute_modules)
-    return {
-        "old-logprob forward": n * fwd.total / speed * _bubble(layout, n),
-        "training (fwd + bwd + optimizer)": train / speed * _bubble(layout, n // mini),
+    mini, m = workload.mini_batches_per_step, cost.micro_batches
+    train = mini * training_flops(fwd, layout.recompute, layout.recompute_modules)
+    phases = {
+        "old-logprob forward": mini * fwd.total / speed * _bubble(layout, m),
+        "training (fwd + bwd + optimizer)": train / speed * _bubble(layout, m),
     }
+    details = {
+        "train micro-batches per DP rank": m,
+        "real tokens computed (%)": 100 * cost.real_token_fraction,
+    }
+    return phases, details
+
+
+def compare_packing(
+    model: ModelSize,
+    layout: TrainingLayout,
+    cluster: Cluster,
+    workload: Workload,
+    efficiency: Efficiency = Efficiency(),
+) -> dict[str, float]:
+    """Training seconds per RL step of the same samples packed and padded (an estimate). The
+    packed side uses the layout's budget, or, for a padded layout, its micro-batch's tokens
+    (``micro_batch_size`` x ``sequence_length``: the same activation memory)."""
+    budget = layout.micro_batch_tokens
+    packed = dataclasses.replace(layout, max_tokens_per_microbatch=budget)
+    padded = dataclasses.replace(layout, max_tokens_per_microbatch=None)
+    out = {}
+    for name, variant in (("packed", packed), ("padded", padded)):
+        phases, details = _training_phases(model, variant, workload, cluster, efficiency)
+        out[f"{name}: training (s)"] = phases["training (fwd + bwd + optimizer)"]
+        out[f"{name}: old-logprob forward (s)"] = phases["old-logprob forward"]
+        out[f"{name}: real tokens computed (%)"] = details["real tokens computed (%)"]
+        out[f"{name}: micro-batches per DP rank"] = details["train micro-batches per DP rank"]
+    out["packed / padded training"] = out["packed: training (s)"] / out["padded: training (s)"]
+    return out
 
 
 def estimate_step_time(
@@ -181,10 +234,11 @@ def estimate_step_time(
     decode = _decode(model, rollout, cluster, workload, efficiency, plan.engine.kv_tokens)
     link = cluster.intra_node_gbps if rollout.colocated else cluster.inter_node_gbps
     sync_bytes = engine_weight_bytes(model, rollout.fp8_weights)
+    training, counts = _training_phases(model, layout, workload, cluster, efficiency)
     phases = {
         "rollout prefill": _prefill_seconds(model, rollout, cluster, workload, efficiency),
         "rollout decode": decode.pop("decode seconds"),
-        **_training_phases(model, layout, workload, cluster, efficiency),
+        **training,
         "weight sync": sync_bytes / (link * 1e9 * efficiency.link_efficiency),
     }
     notes = (
@@ -192,5 +246,12 @@ def estimate_step_time(
         f"link_efficiency={efficiency.link_efficiency} (assumed)",
         "mean lengths: the longest responses of a wave make real rollouts slower",
         "phases run one after another (synchronous, on-policy)",
+        "training "
+        + (
+            f"packed, max_tokens_per_microbatch={layout.max_tokens_per_microbatch}"
+            if layout.packing
+            else f"padded: rows of the longest sample, micro_batch_size={layout.micro_batch_size}"
+        )
+        + "; response lengths: exponential clipped at the longest, at the mean given",
     )
-    return StepTimeEstimate(phases, decode, notes)
+    return StepTimeEstimate(phases, decode | counts, notes)

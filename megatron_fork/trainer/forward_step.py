@@ -20,7 +20,11 @@ global token count N. ``microbatch_selected_mean`` is the public code's (verl's 
 S_m, times ``loss_scale_factor = rows_m / ppo_mini_batch_size`` (this DP rank's rows), and FSDP
 averages gradients over DP. With every DP rank holding R / DP rows (verl's dispatch) that is
     loss = sum_{DP ranks} sum_m (rows_m / R) * (1/|S_m|) sum_{t in S_m} l_t,
-R the step's rows, i.e. each micro-batch divides by its own N_m = |S_m| * R / rows_m. In
+R the step's rows, i.e. each micro-batch divides by its own N_m = |S_m| * R / rows_m; packed
+DP ranks hold unequal row counts (balanced by tokens), and the formula keeps the global R, so
+every micro-batch weighs its share of the step's rows wherever it trains. Packed, rows are the
+trained samples (filler samples are left out, as verl's DAPO drops them); padded rows count
+fillers too, so with filler groups the two layouts scale this normaliser differently. In
 per-token mode R is left to ``finalize_model_grads``: each micro-batch divides by
 |S_m| / rows_m and counts its rows_m (on one CP rank), so the counts add up to R.
 """
@@ -81,7 +85,8 @@ def _microbatch_selected_mean(batch, selected, config, unit, groups):
     num_selected = (selected & batch.valid_mask).sum().to(torch.float64).reshape(1)
     num_selected = all_reduce_(num_selected, groups.cp)[0]
     count = torch.tensor(rows if group_rank(groups.cp) == 0 else 0, dtype=torch.int64)
-    return num_selected * unit / rows, count
+    # A micro-batch of padding only (rows 0) has no valid token: its loss is 0 whatever N is.
+    return num_selected * unit / max(rows, 1), count
 
 
 # (batch, selected, config, unit, groups) -> (this micro-batch's N, its per-token-mode count)
@@ -98,7 +103,10 @@ def forward_step_calling(loss_func, *loss_args) -> Callable:
 
     def forward_step(data_iterator: Iterator[PolicyMicroBatch], model):
         batch = next(data_iterator)
-        logits = model(batch.tokens, batch.position_ids, None, labels=None)  # [b, s, V/TP]
+        packed = {}  # packed: [1, t] with THD boundaries; attention stays within each sample
+        if getattr(batch, "packed_seq_params", None) is not None:  # not on SFT's batches
+            packed["packed_seq_params"] = batch.packed_seq_params
+        logits = model(batch.tokens, batch.position_ids, None, labels=None, **packed)
         return logits, partial(loss_func, batch, *loss_args)
 
     return forward_step

@@ -39,9 +39,20 @@ def params_dtype(precision: PrecisionConfig) -> torch.dtype:
     return torch.bfloat16 if precision.params == "bf16" else torch.float32
 
 
+def variable_seq_lengths_options(pipeline_parallel: int) -> dict:
+    """Packed micro-batches differ in length: through a pipeline, p2p then sends each
+    activation's shape first (one small message per transfer; Megatron's own switch for this
+    case). Megatron refuses it with its default MoE dispatcher ("allgather") even in a dense
+    model (transformer_config.py:1827), so the dispatcher is named too (unused: Qwen3 dense)."""
+    if pipeline_parallel == 1:
+        return {"variable_seq_lengths": False}
+    return {"variable_seq_lengths": True, "moe_token_dispatcher_type": "alltoall"}
+
+
 def transformer_options(parallel: ParallelConfig, precision: PrecisionConfig) -> dict:
     """Extra ``TransformerConfig`` fields (``build_gpt_model(transformer_options=...)``)."""
     options = {"sequence_parallel": parallel.sequence_parallel, **_recompute(parallel)}
+    options.update(variable_seq_lengths_options(parallel.pipeline_parallel))
     if precision.params == "bf16":
         options["bf16"] = True
     if precision.fp8 != "none":

@@ -1,8 +1,8 @@
 """Plans packed (THD) micro-batches for one mini-batch: which DP rank trains which samples,
 how each rank's samples group into token-budget micro-batches, how each packed sequence is
 padded, and which tokens each CP rank keeps. Pure planning (no Megatron, no process groups):
-every rank computes the same plan from the same lengths, so no collective is needed to agree on
-it (issue 14, point 1).
+rank 0 plans each step (``step_layout``) and sends every DP rank its part with its samples
+(``rollout_scatter``), so the ranks never need each other's lengths.
 
 Lengths are positions in the packed sequence: for next-token training a sample of ``p`` prompt
 and ``r`` response tokens occupies ``p + r - 1`` positions (``train_batch.row_length``).
@@ -81,7 +81,13 @@ class PackedMicroBatch:
     def max_seqlen(self) -> int:
         """Longest padded sample: what ``PackedSeqParams.max_seqlen_q/kv`` take (the rotary
         table and TE's kernels index the padded layout, as Megatron's multimodal CP path)."""
-        return max(self.padded_lengths)
+        return max(self.padded_lengths, default=0)
+
+    @property
+    def is_empty(self) -> bool:
+        """No sample: a DP rank with fewer samples than the step's micro-batch count runs
+        padding alone (``EMPTY_MICROBATCH``) so that every rank runs the same schedule."""
+        return not self.sample_indices
 
     def cu_seqlens(self) -> torch.Tensor:
         """(n + 1,) int32 starts of the real tokens' extents: ``PackedSeqParams.cu_seqlens_q``."""
@@ -90,6 +96,10 @@ class PackedMicroBatch:
     def cu_seqlens_padded(self) -> torch.Tensor:
         """(n + 1,) int32 sample offsets in the packed tensor: ``cu_seqlens_q_padded``."""
         return _cumulative(self.padded_lengths)
+
+
+EMPTY_MICROBATCH = PackedMicroBatch((), (), ())
+"""A micro-batch without samples (see ``PackedMicroBatch.is_empty``)."""
 
 
 def _cumulative(lengths: Sequence[int]) -> torch.Tensor:
@@ -123,6 +133,19 @@ def sample_costs(lengths: Sequence[int], attention_weight: float = 0.0) -> list[
     4096 / 193M ~ 2.1e-5: a 20k-token sample adds ~0.43x its linear FLOPs; 1 / (12 * hidden)
     for a dense MHA with a 4x MLP)."""
     return [n + attention_weight * n * n for n in lengths]
+
+
+def attention_weight(hf_config) -> float:
+    """``sample_costs``' attention weight of a Qwen3-style model: the query width over the
+    linear parameters of one layer (q, k, v, o projections and the SwiGLU MLP)."""
+    head_dim = getattr(hf_config, "head_dim", None) or (
+        hf_config.hidden_size // hf_config.num_attention_heads
+    )
+    q_width = hf_config.num_attention_heads * head_dim
+    kv_width = hf_config.num_key_value_heads * head_dim
+    hidden = hf_config.hidden_size
+    linear = hidden * (2 * q_width + 2 * kv_width) + 3 * hidden * hf_config.intermediate_size
+    return q_width / linear
 
 
 def balanced_partition(
@@ -201,18 +224,15 @@ def _fewest_bins(items: Sequence[int], padded: Sequence[int], capacity: int):
     return ffd
 
 
-def _split_to(bins: list[list[int]], padded: Sequence[int], count: int, rank: int):
+def _split_to(bins: list[list[int]], padded: Sequence[int], count: int):
     """Split the heaviest multi-sample micro-batch in two (KK) until there are ``count``:
-    splitting never breaks the budget and never makes an empty micro-batch."""
+    splitting never breaks the budget. A rank with fewer samples than ``count`` ends with
+    empty micro-batches (padding only, no loss)."""
     bins = [list(b) for b in bins]
     while len(bins) < count:
         splittable = [b for b in bins if len(b) > 1]
         if not splittable:
-            raise ValueError(
-                f"DP rank {rank} has {len(bins)} samples but every rank must run {count} "
-                "micro-batches: raise max_tokens_per_microbatch or train more samples per "
-                "mini-batch"
-            )
+            return bins + [[] for _ in range(count - len(bins))]
         heavy = max(splittable, key=lambda b: (sum(padded[i] for i in b), -b[0]))
         bins.remove(heavy)
         halves = balanced_partition([padded[i] for i in heavy], 2)
@@ -240,29 +260,44 @@ def plan_mini_batch(
     layout: PackingLayout,
     attention_weight: float = 0.0,
 ) -> MiniBatchPlan:
-    """Plan one mini-batch (``lengths``: positions per sample, all of it, the same list on
-    every rank). Samples go to DP ranks by KK on ``sample_costs`` of their padded lengths;
-    each rank's samples go into the fewest micro-batches whose packed length is at most
-    ``max_tokens_per_microbatch`` (all CP ranks together: each CP rank holds 1 / CP of it),
-    KK-balanced where that fits; ranks with fewer micro-batches than the most split theirs.
-    Micro-batches are ordered by their first sample index."""
+    """Plan one mini-batch (``lengths``: positions per sample, all of it). Samples go to DP
+    ranks by KK on ``sample_costs`` of their padded lengths; each rank's samples go into the
+    fewest micro-batches whose packed length is at most ``max_tokens_per_microbatch`` (all CP
+    ranks together: each CP rank holds 1 / CP of it), KK-balanced where that fits; ranks with
+    fewer micro-batches than the most split theirs, or run padding alone once every sample is
+    alone. Real micro-batches are ordered by their first sample index, padding ones last."""
     cap = max_tokens_per_microbatch // layout.total_multiple * layout.total_multiple
     if cap < 1:
         raise ValueError(
             f"max_tokens_per_microbatch {max_tokens_per_microbatch} is below the layout's "
             f"row multiple {layout.total_multiple}"
         )
+    if not lengths:
+        raise ValueError("a mini-batch to plan needs at least one sample")
     padded = [round_up(n, layout.sample_multiple) for n in lengths]
-    ranks = balanced_partition(sample_costs(padded, attention_weight), dp_size)
-    fewest = [_fewest_bins(items, padded, cap) for items in ranks]
+    costs = sample_costs(padded, attention_weight)
+    if len(lengths) >= dp_size:
+        ranks = balanced_partition(costs, dp_size)
+    else:  # fewer samples than ranks: one each, the other ranks run padding only
+        ranks = [[i] for i in range(len(lengths))] + [[] for _ in range(dp_size - len(lengths))]
+    fewest = [_fewest_bins(items, padded, cap) if items else [] for items in ranks]
     count = max(len(b) for b in fewest)
     plan = []
-    for rank, (items, bins) in enumerate(zip(ranks, fewest, strict=True)):
+    for items, bins in zip(ranks, fewest, strict=True):
         if len(bins) < count:
-            bins = _kk_bins(items, padded, cap, count) or _split_to(bins, padded, count, rank)
-        bins = sorted(sorted(b) for b in bins)
-        plan.append(tuple(pack_microbatch(b, lengths, layout) for b in bins))
+            bins = _kk_bins(items, padded, cap, count) or _split_to(bins, padded, count)
+        bins = sorted(sorted(b) for b in bins if b) + [[] for b in bins if not b]
+        plan.append(
+            tuple(pack_microbatch(b, lengths, layout) if b else EMPTY_MICROBATCH for b in bins)
+        )
     return MiniBatchPlan(tuple(plan))
+
+
+def overlong_samples(plan: MiniBatchPlan, max_tokens_per_microbatch: int) -> int:
+    """Samples packed alone because their padded length exceeds the budget."""
+    return sum(
+        1 for rank in plan.ranks for mb in rank if mb.total_length > max_tokens_per_microbatch
+    )
 
 
 def cp_token_indices(padded_lengths: Sequence[int], cp_size: int, cp_rank: int) -> torch.Tensor:

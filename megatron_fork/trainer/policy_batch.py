@@ -3,7 +3,11 @@
 from dataclasses import dataclass, fields, replace
 
 import torch
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.utils import get_batch_on_this_cp_rank
+
+from megatron_fork.parallel.groups import group_rank, group_size
+from megatron_fork.trainer.packing import cp_token_indices
 
 _FIELD_KINDS = {
     "tokens": "integer",
@@ -47,14 +51,26 @@ class PolicyMicroBatch:
     """[b, s] bool precomputed selection (scope ``global_step``); None = select in the loss."""
     ref_logprob: torch.Tensor | None = None
     """[b, s] fp32 reference-policy log-probs (KL term), or None."""
+    packed_seq_params: PackedSeqParams | None = None
+    """A packed micro-batch (b = 1, its samples back to back): Megatron's THD boundaries, the
+    padded sample slots in every ``cu_seqlens`` field (``packing`` module docstring), for the
+    whole sequence (CP shards keep the full boundaries, as TE expects). None: one sample a
+    row."""
+    num_samples: int | None = None
+    """Samples in a packed micro-batch (its rows for ``microbatch_selected_mean``; 0 for a
+    micro-batch of padding only). None: rows."""
 
     def __post_init__(self):
         shape = self.tokens.shape
         if len(shape) != 2:
             raise ValueError(f"PolicyMicroBatch.tokens must be [b, s], got {tuple(shape)}.")
+        if (self.packed_seq_params is None) != (self.num_samples is None):
+            raise ValueError("a packed PolicyMicroBatch needs packed_seq_params and num_samples")
+        if self.packed_seq_params is not None and shape[0] != 1:
+            raise ValueError(f"a packed PolicyMicroBatch is [1, t], got {tuple(shape)}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if not isinstance(value, torch.Tensor):
                 continue
             if value.shape != shape:
                 raise ValueError(
@@ -65,14 +81,25 @@ class PolicyMicroBatch:
             if not _KIND_CHECKS[kind](value):
                 raise TypeError(f"PolicyMicroBatch.{f.name} must be {kind}, got {value.dtype}.")
 
-    def context_parallel_shard(self, cp_group) -> "PolicyMicroBatch":
-        """This CP rank's part: 2*CP sequence chunks, rank r keeps chunks r and 2*CP-1-r
-        (Megatron's load-balanced split, by Megatron's own function). No group: unchanged."""
-        if cp_group is None:
-            return self
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-token [b, s] fields that are set."""
         present = {f.name: getattr(self, f.name) for f in fields(self)}
-        present = {k: v for k, v in present.items() if v is not None}
-        return replace(self, **get_batch_on_this_cp_rank(present, cp_group=cp_group))
+        return {k: v for k, v in present.items() if isinstance(v, torch.Tensor)}
+
+    def context_parallel_shard(self, cp_group) -> "PolicyMicroBatch":
+        """This CP rank's part: 2*CP chunks of each sequence, rank r keeps chunks r and
+        2*CP-1-r (the load-balanced split): of the row (Megatron's own function), or of each
+        packed sample's slot (TE's THD order, ``packing.cp_token_indices``). No group:
+        unchanged."""
+        if cp_group is None or group_size(cp_group) == 1:
+            return self
+        if self.packed_seq_params is None:
+            return replace(self, **get_batch_on_this_cp_rank(self.tensors(), cp_group=cp_group))
+        slots = self.packed_seq_params.cu_seqlens_q_padded.cpu()  # set under CP
+        keep = cp_token_indices(
+            (slots[1:] - slots[:-1]).tolist(), group_size(cp_group), group_rank(cp_group)
+        ).to(self.tokens.device)
+        return replace(self, **{k: v[:, keep] for k, v in self.tensors().items()})
 
 
 def context_parallel_slice(tensor: torch.Tensor, cp_group) -> torch.Tensor:
@@ -113,4 +140,15 @@ def moved_to(batch, device: torch.device):
         for f in fields(batch)
         if isinstance(getattr(batch, f.name), torch.Tensor)
     }
+    packed = getattr(batch, "packed_seq_params", None)
+    if packed is not None:  # TE's kernels read the boundaries on the GPU: one copy, shared
+        copies = {}
+        moved["packed_seq_params"] = replace(
+            packed,
+            **{
+                f.name: copies.setdefault(id(value), value.to(device))
+                for f in fields(packed)
+                if isinstance(value := getattr(packed, f.name), torch.Tensor)
+            },
+        )
     return replace(batch, **moved)

@@ -214,8 +214,19 @@ class RLConfig:
     seed: int = 0
     mini_batches_per_step: int = 2
     """Optimizer steps per rollout step (the batch is split into this many mini-batches)."""
+    packing: bool = True
+    """Train on packed sequences (THD layout, ``cu_seqlens``): each mini-batch's samples are
+    balanced over the DP ranks by tokens and packed back to back into micro-batches of at most
+    ``max_tokens_per_microbatch`` positions; attention stays within each sample. False: rows of
+    ``micro_batch_size`` samples, each padded to the step's longest (the layout before packing:
+    a baseline for benchmarks and parity tests)."""
+    max_tokens_per_microbatch: int = 4096
+    """Packing's token budget: the packed length of one micro-batch, all CP ranks together (each
+    CP rank holds 1 / CP of it). Size it to at least the longest prompt + response: a longer
+    sample is trained alone in a micro-batch of its own (counted in ``train/overlong_samples``),
+    which may not fit the GPU's memory. ``planning`` checks the budget's memory."""
     micro_batch_size: int = 16
-    """Rows per forward/backward micro-batch."""
+    """Rows per forward/backward micro-batch without packing (``packing=False``)."""
     checkpoint_every: int = 10
     """Save a checkpoint every this many steps (and at the end); 0 = only at the end."""
     keep_checkpoints: int = 2
@@ -238,6 +249,7 @@ class RLConfig:
         _require(self.steps >= 1, "steps must be >= 1")
         _require(self.mini_batches_per_step >= 1, "mini_batches_per_step must be >= 1")
         _require(self.micro_batch_size >= 1, "micro_batch_size must be >= 1")
+        _require(self.max_tokens_per_microbatch >= 1, "max_tokens_per_microbatch must be >= 1")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         samples = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
         _require(

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import torch.distributed as dist
+from megatron.core.utils import get_model_config
 
 from megatron_fork.atomic_files import write_text_atomically
 from megatron_fork.parallel.rank0 import from_rank0, is_rank0, made_on_rank0
 from megatron_fork.trainer.actor import (
     build_actor,
     build_reference_model,
+    device,
     init_parallel,
     learning_rate,
     set_learning_rate,
@@ -32,11 +34,18 @@ from megatron_fork.trainer.checkpoint import (
     save_checkpoint,
 )
 from megatron_fork.trainer.controller import Controller
+from megatron_fork.trainer.packing import attention_weight
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.progress import StepProgress
 from megatron_fork.trainer.rl_config import RLConfig
+from megatron_fork.trainer.rollout_scatter import RolloutToScatter, ScatterGroups, scatter_rollout
 from megatron_fork.trainer.run_lock import RunLock
-from megatron_fork.trainer.train_batch import check_batch_layout, train_on_samples
+from megatron_fork.trainer.step_layout import layout_metrics, rl_step_layout
+from megatron_fork.trainer.train_batch import (
+    check_batch_layout,
+    row_multiple,
+    train_on_slice,
+)
 from megatron_fork.trainer.weight_sync import WeightSync
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -140,12 +149,13 @@ def _checked_loss_config(config: RLConfig, actor, groups):
     """The loss config with the true vocabulary (Megatron's TP padding left out of the
     softmax), after checking that the batch splits over the layout."""
     rollout = config.rollout
-    check_batch_layout(
-        rollout.prompts_per_step * rollout.samples_per_prompt,
-        config.mini_batches_per_step,
-        config.micro_batch_size,
-        groups.dp_size,
-    )
+    if not config.packing:  # packed micro-batches take any count of samples per rank
+        check_batch_layout(
+            rollout.prompts_per_step * rollout.samples_per_prompt,
+            config.mini_batches_per_step,
+            config.micro_batch_size,
+            groups.dp_size,
+        )
     if config.loss.vocab_size is not None:
         return config.loss
     return dataclasses.replace(config.loss, vocab_size=actor.vocab_size)
@@ -165,24 +175,28 @@ def _rl_step(
     """One RL step on every rank; its metrics (logged) on rank 0."""
     start = time.perf_counter()
     batches = []  # rank 0's rollout batch (its metrics stay there)
+    multiple = row_multiple(get_model_config(actor.model))
+    weight = attention_weight(actor.hf_config)
 
-    def rollout():
-        batches.append(controller.rollout(step))
-        return batches[0].samples, batches[0].advantages.reshape(-1), batches[0].trainable
+    def rollout() -> RolloutToScatter:
+        batch = controller.rollout(step)
+        samples, trainable = batch.samples, batch.trainable
+        layout = rl_step_layout(config, samples, trainable, groups.dp_size, multiple, weight)
+        batch.metrics.update(layout_metrics(layout))
+        batches.append(batch)
+        return RolloutToScatter(samples, batch.advantages.reshape(-1), trainable, layout)
 
-    samples, advantages, trainable = from_rank0(rollout)
+    # Each DP rank gets its own samples as tensors (nothing pickled, nothing else's).
+    mine = scatter_rollout(rollout, ScatterGroups.from_parallel_state(), device())
     rollout_s = time.perf_counter() - start
     lr = learning_rate(config.optimizer, step)
     set_learning_rate(actor, lr)
-    train_metrics = train_on_samples(
+    train_metrics = train_on_slice(
         actor,
         loss_config,
         groups,
-        samples,
-        advantages,
-        trainable,
-        config.mini_batches_per_step,
-        config.micro_batch_size,
+        mine,
+        config.packing,
         pad_id,
         first_optimizer_step=(step - 1) * config.mini_batches_per_step,
         reference_model=reference,

@@ -37,7 +37,9 @@ def _valid_count(config: ForkingLossConfig, microbatches, groups: LossGroups) ->
 
 def microbatch_rows(microbatch) -> int:
     """Samples (rows) in one micro-batch: verl's ``response_mask.shape[0]``, rows without a
-    response token included. A packed micro-batch must count its samples, not its one row."""
+    response token included; a packed micro-batch counts its samples, not its one row."""
+    if getattr(microbatch, "num_samples", None) is not None:
+        return microbatch.num_samples
     return microbatch.valid_mask.shape[0]
 
 

@@ -19,9 +19,11 @@ from megatron_fork.trainer.actor_step import (
     old_logprob_pass,
     prepare_step,
 )
+from megatron_fork.trainer.packing import packing_layout
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch, moved_to
-from megatron_fork.trainer.rollout_batch import samples_to_microbatches
+from megatron_fork.trainer.rollout_scatter import RolloutSlice
+from megatron_fork.trainer.slice_microbatches import packed_microbatch, padded_microbatch
 from megatron_fork.trainer.step_metrics import combine_microbatch_metrics
 
 SEQ_LEN_MULTIPLE = 8
@@ -88,37 +90,25 @@ def check_batch_layout(
         )
 
 
-def mini_batch_shards(
-    samples: list[Sample],
-    advantages: torch.Tensor,
-    trainable: list[bool],
-    num_mini_batches: int,
-    micro_batch_size: int,
-    groups: LossGroups,
-    pad_id: int,
-    multiple: int,
-) -> list[list[PolicyMicroBatch]]:
-    """Per mini-batch, this rank's micro-batch CP shards, on this rank's device. Mini-batch
-    ``m`` is the ``m``-th contiguous slice of the samples; DP rank ``d`` takes the ``d``-th
-    slice of it. Rows are padded to a multiple of ``multiple`` (``row_multiple``)."""
-    dp_size, dp_rank = groups.dp_size, ps.get_data_parallel_rank()
-    check_batch_layout(len(samples), num_mini_batches, micro_batch_size, dp_size)
-    per_mini = len(samples) // num_mini_batches
-    rows = per_mini // dp_size
-    seq_len = step_seq_len(samples, multiple)
+def slice_mini_batches(
+    rollout: RolloutSlice, packing: bool, multiple: int, groups: LossGroups, pad_id: int
+) -> list[list[PolicyMicroBatch] | None]:
+    """Per mini-batch, this rank's micro-batch CP shards on its device (None for a mini-batch
+    that takes no optimizer step), laid out as ``rollout``'s layout says: packed sequences
+    (``packing``) or rows of the step's longest sample, rounded up to ``multiple``
+    (``row_multiple``)."""
+    rollout = rollout.to("cpu")  # built on the host, each micro-batch moved once
+    stride = row_length(max(rollout.step_max_tokens, 2), multiple)
+    layout = packing_layout(groups.cp_size, multiple)
     out = []
-    for m in range(num_mini_batches):
-        start = m * per_mini + dp_rank * rows
-        indices = list(range(start, start + rows))
-        micro = samples_to_microbatches(
-            [samples[i] for i in indices],
-            advantages[indices],
-            [i - m * per_mini for i in indices],  # index within the optimizer step
-            seq_len,
-            micro_batch_size,
-            pad_id,
-            [trainable[i] for i in indices],
-        )
+    for members, trained in zip(rollout.microbatch_members(), rollout.trained, strict=True):
+        if not trained:
+            out.append(None)
+            continue
+        if packing:
+            micro = [packed_microbatch(rollout, k, layout, stride, pad_id) for k in members]
+        else:
+            micro = [padded_microbatch(rollout, k, stride, pad_id) for k in members]
         out.append([moved_to(mb.context_parallel_shard(groups.cp), device()) for mb in micro])
     return out
 
@@ -147,38 +137,31 @@ def _engine_mismatch(mini_batches, old_passes, dp_cp_group) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
-def train_on_samples(
+def train_on_slice(
     actor: Actor,
     loss_config: ForkingLossConfig,
     groups: LossGroups,
-    samples: list[Sample],
-    advantages: torch.Tensor,
-    trainable: list[bool],
-    num_mini_batches: int,
-    micro_batch_size: int,
+    rollout: RolloutSlice,
+    packing: bool,
     pad_id: int,
     first_optimizer_step: int,
     reference_model=None,
 ) -> dict | None:
-    """Old-logprob pass (and the reference model's, for the KL term), then
-    ``num_mini_batches`` optimizer steps. Returns the step's metrics on the last pipeline stage
-    (None elsewhere). A mini-batch of filler rows only is skipped: no forward, no optimizer
-    step (Adam's momentum would still move the weights)."""
+    """Old-logprob pass (and the reference model's, for the KL term) over this rank's slice,
+    then one optimizer step per trained mini-batch. Returns the step's metrics on the last
+    pipeline stage (None elsewhere). A mini-batch of filler samples only is skipped: no
+    forward, no optimizer step (Adam's momentum would still move the weights)."""
     multiple = row_multiple(get_model_config(actor.model))
-    mini_batches = mini_batch_shards(
-        samples, advantages, trainable, num_mini_batches, micro_batch_size, groups, pad_id, multiple
-    )
-    per_mini = len(samples) // num_mini_batches
-    trained = [any(trainable[m * per_mini : (m + 1) * per_mini]) for m in range(num_mini_batches)]
-    old_passes = [old_logprob_pass(actor.model, mb, loss_config, groups) for mb in mini_batches]
+    mini_batches = slice_mini_batches(rollout, packing, multiple, groups, pad_id)
+    trained = [mb for mb in mini_batches if mb is not None]
+    old_passes = [old_logprob_pass(actor.model, mb, loss_config, groups) for mb in trained]
     ref_passes = [
         old_logprob_pass(reference_model, mb, loss_config, groups) if reference_model else None
-        for mb in mini_batches
+        for mb in trained
     ]
     outputs, optim = [], []
-    for m, (shards, old, ref) in enumerate(zip(mini_batches, old_passes, ref_passes, strict=True)):
-        if not trained[m]:
-            continue
+    steps = [m for m, mb in enumerate(mini_batches) if mb is not None]
+    for m, shards, old, ref in zip(steps, trained, old_passes, ref_passes, strict=True):
         shards = _with_pass_logprobs(shards, old, ref)
         prepared = prepare_step(
             actor.model, loss_config, shards, old, groups, first_optimizer_step + m
@@ -188,8 +171,8 @@ def train_on_samples(
         optim.append(optimizer_step(actor))
     if not ps.is_pipeline_last_stage():
         return None
-    mismatch = _engine_mismatch(mini_batches, old_passes, groups.dp_cp)
-    metrics = {"train/skipped_mini_batches": float(trained.count(False))}
+    mismatch = _engine_mismatch(trained, old_passes, groups.dp_cp)
+    metrics = {"train/skipped_mini_batches": float(len(mini_batches) - len(trained))}
     if optim:
         metrics.update(combine_microbatch_metrics(outputs, "train/", len(optim)))
         for key in optim[0]:

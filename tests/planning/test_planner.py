@@ -208,6 +208,11 @@ def test_suggested_layouts_fit_with_headroom(name):
     assert layout.world_size == 8 * train_nodes and rollout.gpus == 8 * rollout_nodes
     assert train_nodes + rollout_nodes <= H100_80GB.nodes
     assert layout.sequence_length == SEQ and layout.micro_batch_size == 1
+    budget = layout.max_tokens_per_microbatch  # packed, holding the longest sample
+    assert budget >= SEQ and budget % layout.row_multiple == 0
+    # the recipes' FP8 plan (its weight copies) keeps >= 10 GiB free at the budget
+    fp8 = plan_memory(model, dataclasses.replace(layout, fp8=True), rollout, H100_80GB)
+    assert fp8.capacity - fp8.total > 10 * GIB
     assert layout.sequence_parallel and layout.distributed_optimizer
     assert (512 // layout.data_parallel) * layout.data_parallel == 512  # a mini-batch splits
     assert "ESTIMATE" in plan.table()
@@ -304,13 +309,15 @@ WORKLOAD = Workload(512, 16, 256, 8192, 16, generation_rounds=1.5, max_response_
 
 def test_step_time_estimate_is_labelled_and_scales_with_flops():
     layout, rollout, _, _ = SUGGESTED_LAYOUTS["qwen3_8b"]
+    layout = dataclasses.replace(layout, max_tokens_per_microbatch=None)  # padded rows
     base = estimate_step_time(QWEN3_8B, layout, rollout, H100_80GB, WORKLOAD)
     assert "ESTIMATE" in base.table() and base.total == pytest.approx(sum(base.phases.values()))
     assert all(seconds > 0 for seconds in base.phases.values())
     full = estimate_step_time(
         QWEN3_8B, dataclasses.replace(layout, recompute="full"), rollout, H100_80GB, WORKLOAD
     )
-    fwd = forward_flops(qwen3_block(QWEN3_8B), 36, QWEN3_8B.vocab_size, WORKLOAD.sequence_tokens)
+    # every row padded to the longest sample: 256 + 20480 - 1 positions, rounded up to 8
+    fwd = forward_flops(qwen3_block(QWEN3_8B), 36, QWEN3_8B.vocab_size, 20736)
     ratio = training_flops(fwd, "full") / training_flops(fwd, "none")
     key = "training (fwd + bwd + optimizer)"
     assert full.phases[key] / base.phases[key] == pytest.approx(ratio)

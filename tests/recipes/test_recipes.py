@@ -13,7 +13,7 @@ import pytest
 from megatron_fork.planning import LayoutDoesNotFit
 from megatron_fork.rollout.sglang_launch import sglang_server_command
 from recipes import engine_task
-from recipes.checks import check_recipe
+from recipes.checks import check_recipe, context_multiple, training_layout
 from recipes.engine_task import engine_config, engine_gpus
 from recipes.registry import RECIPES, build_recipe
 from recipes.train import with_engines_of_this_job
@@ -25,8 +25,18 @@ GPU_RECIPES = ["qwen3_8b", "qwen3_14b", "qwen3_32b"]
 def test_every_recipe_builds_and_passes_its_checks(name):
     recipe = build_recipe(name)
     plan = check_recipe(recipe)
+    # packed, with a budget holding the longest prompt + response, in whole row units
+    config, longest = recipe.config, recipe.launch.context_tokens
+    assert config.packing and config.max_tokens_per_microbatch >= longest
+    assert config.max_tokens_per_microbatch % context_multiple(recipe) == 0
     if name in GPU_RECIPES:
         assert plan.fits and plan.total <= plan.capacity
+        assert longest >= 2048 + 20480
+        # the plan is made at the budget (each CP rank holding its share), not at padded rows
+        layout = training_layout(recipe)
+        assert layout.micro_batch_tokens == config.max_tokens_per_microbatch
+        assert layout.row_multiple == context_multiple(recipe)  # the trainer's row unit
+        assert f"{config.max_tokens_per_microbatch // 2} per CP rank" in plan.table()
         assert recipe.data_parallel * recipe.config.parallel.model_parallel_size == 64
         assert recipe.config.loss.rho == 0.2 and recipe.config.loss.strategy == "top"
         assert recipe.config.rollout.max_new_tokens == 20480
@@ -55,15 +65,43 @@ def test_overrides_reach_the_run_config_and_the_launch_spec():
         (["launch.train_nodes=2.5"], TypeError, "launch.train_nodes=2.5: expected int"),
         (["parallel.tensor_parallel=3"], ValueError, "does not divide num_attention_heads=64"),
         (["parallel.context_parallel=3"], ValueError, "not divisible by 2 \\* context_parallel"),
-        (["launch.context_tokens=22530"], ValueError, "not divisible by 2 \\* context_parallel"),
-        (["launch.context_tokens=22544"], ValueError, "not a multiple of 2048, .* use 24576"),
+        (
+            ["packing=False", "launch.context_tokens=22530"],
+            ValueError,
+            "sequence_length=22530 is not divisible by 2 \\* context_parallel",
+        ),
+        (
+            ["packing=False", "launch.context_tokens=22544"],
+            ValueError,
+            "context_tokens=22544 is not a multiple of 2048, .* use 24576",
+        ),
+        (
+            ["max_tokens_per_microbatch=32770"],
+            ValueError,
+            "max_tokens_per_microbatch=32770 is not divisible by 2 \\* context_parallel",
+        ),
+        (
+            ["max_tokens_per_microbatch=33792"],
+            ValueError,
+            "max_tokens_per_microbatch=33792 is not a multiple of 2048, .* use 34816",
+        ),
+        (
+            ["launch.context_tokens=34000"],
+            ValueError,
+            "max_tokens_per_microbatch=32768 is below the longest prompt \\+ response "
+            "\\(launch.context_tokens=34000\\).* at least 34816",
+        ),
         (["launch.train_nodes=3"], ValueError, "24 ranks cannot hold TP x PP x CP = 32"),
         (
             ["launch.engines.tensor_parallel=3"],
             ValueError,
             "tensor_parallel=3 must divide the 8 GPUs",
         ),
-        (["launch.train_nodes=12"], ValueError, "must split into 3 data-parallel slices"),
+        (
+            ["packing=False", "launch.train_nodes=12"],
+            ValueError,
+            "must split into 3 data-parallel slices",
+        ),
         (["launch.engines.nodes=0"], ValueError, "needs launch.engines.nodes > 0"),
         (["launch.context_tokens=20480"], ValueError, "must hold a prompt plus"),
         (["precision.bf16_edge_layers=32"], ValueError, "leaves no FP8 layer of 64"),
@@ -72,6 +110,32 @@ def test_overrides_reach_the_run_config_and_the_launch_spec():
 def test_bad_overrides_fail_with_the_cause(overrides, error, message):
     with pytest.raises(error, match=message):
         check_recipe(build_recipe("qwen3_32b", overrides))
+
+
+def test_a_budget_below_the_longest_sample_is_refused_naming_the_budget():
+    for name, longest in (("qwen3_8b", 22528), ("tiny_cpu", 64)):
+        recipe = build_recipe(name, [f"max_tokens_per_microbatch={longest // 2}"])
+        with pytest.raises(ValueError) as refused:
+            check_recipe(recipe)
+        message = str(refused.value)
+        assert message.startswith(f"max_tokens_per_microbatch={longest // 2} is below")
+        assert f"launch.context_tokens={longest}" in message
+    # without packing the budget is not used: the padded rows are checked instead
+    check_recipe(build_recipe("qwen3_8b", ["packing=False", "max_tokens_per_microbatch=1024"]))
+
+
+def test_a_budget_too_large_for_memory_is_refused_with_the_lever():
+    recipe = build_recipe("qwen3_8b", ["max_tokens_per_microbatch=45056"])
+    with pytest.raises(LayoutDoesNotFit) as refused:
+        check_recipe(recipe)
+    assert "max_tokens_per_microbatch below 45056" in str(refused.value)
+
+
+def test_packing_accepts_what_padded_rows_cannot_split():
+    """Packed, 512 samples per mini-batch need not divide by DP (KK balances tokens); rows of
+    ``micro_batch_size`` must."""
+    plan = check_recipe(build_recipe("qwen3_32b", ["launch.train_nodes=12"]))
+    assert plan.fits
 
 
 def test_qwen3_32b_at_tp1_is_refused_with_its_memory_breakdown():

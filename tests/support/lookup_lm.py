@@ -23,8 +23,8 @@ class LookupLM(torch.nn.Module):
     def set_input_tensor(self, tensor):  # schedule API; a single stage has no input tensor
         pass
 
-    def forward(self, tokens, position_ids, attention_mask, labels=None):
-        return self.table[tokens]  # [b, s, V/TP]
+    def forward(self, tokens, position_ids, attention_mask, labels=None, packed_seq_params=None):
+        return self.table[tokens]  # [b, s, V/TP]: no attention, so packing changes nothing
 
 
 def lookup_config(tp: int, cp: int, per_token: bool) -> TransformerConfig:

@@ -24,6 +24,7 @@ def test_production_settings_map_onto_megatron_fields():
     precision = PrecisionConfig(params="bf16", fp8="hybrid", fp8_recipe="blockwise")
     assert transformer_options(parallel, precision) == {
         "sequence_parallel": True,
+        "variable_seq_lengths": False,
         "recompute_granularity": "full",
         "recompute_method": "uniform",
         "recompute_num_layers": 1,
@@ -44,6 +45,9 @@ def test_production_settings_map_onto_megatron_fields():
     assert len(needs_gpu(parallel, precision)) == 2  # SP, FP8 (the distributed optimizer runs)
     selective = transformer_options(ParallelConfig(recompute="selective"), PrecisionConfig())
     assert selective["recompute_modules"] == ["core_attn"]
+    # packed micro-batches differ in length: a pipeline sends their shapes
+    piped = transformer_options(ParallelConfig(pipeline_parallel=2), PrecisionConfig())
+    assert piped["variable_seq_lengths"] and piped["moe_token_dispatcher_type"] == "alltoall"
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatron_fork.trainer.packing import (
+    EMPTY_MICROBATCH,
     PackingLayout,
     _split_to,
+    attention_weight,
     balanced_partition,
     cp_token_indices,
     pack_microbatch,
@@ -72,10 +74,9 @@ def test_plan_by_hand():
     plan = plan_mini_batch([6, 4, 4, 4, 3, 3], 2, 6, layout)
     assert _indices(plan) == [[(0,), (3,), (5,)], [(1,), (2,), (4,)]]
     # Budget 10: rank 1 {4,3,3} = 10 fits one; rank 0 {10} is one. Budget 8: rank 1 needs 2,
-    # rank 0's lone over-long sample cannot be split into 2 non-empty micro-batches.
+    # rank 0's lone over-long sample runs alone, then one micro-batch of padding.
     assert _indices(plan_mini_batch([10, 4, 3, 3], 2, 10, layout)) == [[(0,)], [(1, 2, 3)]]
-    with pytest.raises(ValueError, match="DP rank 0 has 1 samples"):
-        plan_mini_batch([10, 4, 3, 3], 2, 8, layout)
+    assert _indices(plan_mini_batch([10, 4, 3, 3], 2, 8, layout)) == [[(0,), ()], [(1, 2), (3,)]]
     # Rank with fewer micro-batches re-balances to the common count: {4,4,4 | 6,3,3} at 6.
     plan = plan_mini_batch([4, 4, 4, 6, 3, 3], 2, 6, layout)
     assert plan.num_microbatches == 3
@@ -85,12 +86,28 @@ def test_plan_by_hand():
 def test_split_to_common_count_by_hand():
     """The fallback when KK at the common count would break the budget: split the heaviest
     multi-sample micro-batch in two (KK of {3, 3, 2}: 3 | 3, then 2 joins the one of larger
-    index at a tie -> {3 (1), 2} | {3 (0)}), never making an empty one."""
+    index at a tie -> {3 (1), 2} | {3 (0)}); empty ones only once every sample is alone."""
     padded = [3, 3, 2, 5]
-    assert _split_to([[0, 1, 2], [3]], padded, 3, 0) == [[3], [1, 2], [0]]
-    assert _split_to([[0, 1, 2], [3]], padded, 4, 0) == [[3], [0], [1], [2]]
-    with pytest.raises(ValueError, match="DP rank 1 has 4 samples but every rank must run 5"):
-        _split_to([[0, 1, 2], [3]], padded, 5, 1)
+    assert _split_to([[0, 1, 2], [3]], padded, 3) == [[3], [1, 2], [0]]
+    assert _split_to([[0, 1, 2], [3]], padded, 4) == [[3], [0], [1], [2]]
+    assert _split_to([[0, 1, 2], [3]], padded, 5) == [[3], [0], [1], [2], []]
+
+
+def test_fewer_samples_than_ranks_or_microbatches_run_padding():
+    """Every DP rank runs the common count: a rank short of samples gets empty micro-batches
+    (after its real ones), and a mini-batch smaller than DP leaves whole ranks empty."""
+    layout = packing_layout(1, 1)
+    plan = plan_mini_batch([5, 1, 1, 1, 1, 1], 2, 5, layout)  # {5} | {1 x 5} in one of 5
+    assert plan.num_microbatches == 1
+    plan = plan_mini_batch([5, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2, 5, layout)
+    counts = [sum(not mb.is_empty for mb in rank) for rank in plan.ranks]
+    assert plan.num_microbatches == 2 and sorted(counts) == [2, 2]
+    plan = plan_mini_batch([3], 3, 8, layout)
+    assert [[mb.is_empty for mb in rank] for rank in plan.ranks] == [[False], [True], [True]]
+    plan = plan_mini_batch([4, 4, 4], 2, 4, layout)  # {4, 4} | {4}: ranks 2 and 1 samples
+    assert [len(rank) for rank in plan.ranks] == [2, 2]
+    assert [mb.is_empty for rank in plan.ranks for mb in rank].count(True) == 1
+    assert EMPTY_MICROBATCH.total_length == 0 and EMPTY_MICROBATCH.max_seqlen == 0
 
 
 def _te_partitioned_indices(cu_seqlens_padded, world_size, rank):
@@ -155,21 +172,23 @@ def test_kk_properties(costs, k, equal):
     budget=st.integers(16, 600),
 )
 def test_plan_properties(lengths, dp, cp, fp8, budget):
-    if len(lengths) < dp:
-        return
     layout = packing_layout(cp, layout_row_multiple(cp, 2, True, "mxfp8" if fp8 else None))
     try:
         plan = plan_mini_batch(lengths, dp, budget, layout)
-    except ValueError as err:  # only a rank with fewer samples than the common count
-        assert "DP rank" in str(err) or "below the layout's row multiple" in str(err)
+    except ValueError as err:
+        assert "below the layout's row multiple" in str(err)
         return
     assert len(plan.ranks) == dp
     assert {len(r) for r in plan.ranks} == {plan.num_microbatches}
     seen = sorted(i for r in plan.ranks for mb in r for i in mb.sample_indices)
     assert seen == list(range(len(lengths)))
     for rank in plan.ranks:
-        for mb in rank:
-            assert mb.sample_indices and mb.lengths == tuple(lengths[i] for i in mb.sample_indices)
+        empties = [mb.is_empty for mb in rank]
+        assert empties == sorted(empties)  # real micro-batches first
+        if any(empties):  # padding only where the rank's samples are each alone already
+            assert all(len(mb.sample_indices) == 1 for mb in rank if not mb.is_empty)
+        for mb in (mb for mb in rank if not mb.is_empty):
+            assert mb.lengths == tuple(lengths[i] for i in mb.sample_indices)
             assert all(p % layout.sample_multiple == 0 for p in mb.padded_lengths)
             assert mb.total_length % layout.total_multiple == 0
             assert all(p >= n for p, n in zip(mb.padded_lengths, mb.lengths, strict=True))
@@ -218,3 +237,18 @@ def test_long_tail_real_token_fraction():
     assert packed.real_token_fraction >= 0.9
     assert padded.real_token_fraction < 0.5
     assert max(rank_tokens) - min(rank_tokens) <= 20_480 + plan.num_microbatches * multiple
+
+
+def test_attention_weight_of_qwen3_8b_by_hand():
+    """Qwen3-8B: q 32 x 128 = 4096, kv 8 x 128 = 1024, hidden 4096, MLP 12288: linear weights
+    per layer 4096 x (2 x 4096 + 2 x 1024) + 3 x 4096 x 12288 = 192,937,984."""
+    from transformers import Qwen3Config
+
+    config = Qwen3Config(
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+    )
+    assert attention_weight(config) == 4096 / 192_937_984

@@ -15,6 +15,7 @@ from megatron_fork.trainer.rollout_scatter import (
     ScatterGroups,
     scatter_rollout,
 )
+from megatron_fork.trainer.step_layout import StepLayout
 from tests.support.distributed import run_distributed
 from tests.support.megatron_setup import init_megatron
 
@@ -35,17 +36,26 @@ def _step(num_samples: int, seed: int) -> RolloutToScatter:
     trainable = [rng.random() < 0.7 for _ in range(num_samples)]
     order = list(range(num_samples))
     rng.shuffle(order)  # not contiguous: a packer's assignment
-    return RolloutToScatter(samples, advantages, trainable, order)
+    return RolloutToScatter(samples, advantages, trainable, StepLayout.one_microbatch([order]))
 
 
 def _assign(step: RolloutToScatter, dp_size: int) -> RolloutToScatter:
-    shuffled = step.assignment
-    per = [shuffled[d::dp_size] for d in range(dp_size)]
-    return RolloutToScatter(step.samples, step.advantages, step.trainable, per)
+    """DP rank d takes every dp_size-th of the shuffled samples, in 2 mini-batches of 2
+    micro-batches each (some empty when the step is small), the last sample left out."""
+    shuffled = step.layout.assignment(0)[:-1]
+    ranks = []
+    for d in range(dp_size):
+        mine = shuffled[d::dp_size]
+        half, quarter = len(mine) // 2, len(mine) // 4
+        minis = (mine[:half], mine[half:])
+        ranks.append(tuple((tuple(x[:quarter]), tuple(x[quarter:])) for x in minis))
+    layout = StepLayout(tuple(ranks), (True, False))
+    return RolloutToScatter(step.samples, step.advantages, step.trainable, layout)
 
 
-def _check_slice(got, step: RolloutToScatter, indices: list[int]) -> None:
-    """``got`` against rank 0's samples at ``indices``, rebuilt in plain Python."""
+def _check_slice(got, step: RolloutToScatter, dp_rank: int) -> None:
+    """``got`` against rank 0's samples of ``dp_rank``, rebuilt in plain Python."""
+    indices = step.layout.assignment(dp_rank)
     chosen = [step.samples[i] for i in indices]
     assert got.sample_indices.tolist() == indices
     assert got.prompt_lengths.tolist() == [len(s.prompt_ids) for s in chosen]
@@ -63,6 +73,12 @@ def _check_slice(got, step: RolloutToScatter, indices: list[int]) -> None:
         )
     assert got.step_samples == len(step.samples)
     assert got.step_max_tokens == max(len(s.prompt_ids) + len(s.output_ids) for s in step.samples)
+    assert got.trained == list(step.layout.trained)
+    assert got.microbatch_counts == step.layout.microbatch_counts()
+    members = [[[indices[k] for k in micro] for micro in mini] for mini in got.microbatch_members()]
+    assert members == [
+        [list(micro) for micro in mini] for mini in step.layout.microbatches[dp_rank]
+    ]
 
 
 class _ReceivedBytes:
@@ -95,7 +111,8 @@ def _slice_bytes(step: RolloutToScatter, indices: list[int]) -> int:
     chosen = [step.samples[i] for i in indices]
     tokens = sum(len(s.prompt_ids) + len(s.output_ids) for s in chosen)
     responses = sum(len(s.output_ids) for s in chosen)
-    return 8 * len(HEADER) + 8 * 4 * len(chosen) + 4 * tokens + 4 * (responses + len(chosen))
+    meta, schedule = 8 * 6 * len(chosen), 8 * 2 * step.layout.num_mini_batches
+    return 8 * len(HEADER) + meta + schedule + 4 * tokens + 4 * (responses + len(chosen))
 
 
 def _round_trip_worker(rank, world_size, tp, pp, cp, num_samples):
@@ -108,8 +125,8 @@ def _round_trip_worker(rank, world_size, tp, pp, cp, num_samples):
         step = _assign(_step(num_samples, seed), dp_size)
         with _ReceivedBytes() as received:
             got = scatter_rollout(lambda step=step: step, groups, torch.device("cpu"))
-        _check_slice(got, step, step.assignment[dp_rank])
-        expected = 0 if rank == 0 else _slice_bytes(step, step.assignment[dp_rank])
+        _check_slice(got, step, dp_rank)
+        expected = 0 if rank == 0 else _slice_bytes(step, step.layout.assignment(dp_rank))
         assert received.total == expected, (rank, received.total, expected)
 
 
@@ -137,17 +154,13 @@ def _error_worker(rank, world_size, tp):
     for work, kind, text in [
         (fails, ValueError, "engine went away"),
         (lambda: _assign(bad, 2), ValueError, "1 log-probs for 2 generated"),
-        (lambda: bad, ValueError, "assignment has 4 DP slices"),
+        (lambda: bad, ValueError, "the layout has 1 DP ranks for DP size 2"),
     ]:
         expected = kind if rank == 0 else RuntimeError
         with pytest.raises(expected, match=text):
             scatter_rollout(work, groups, cpu)
     step = _assign(_step(6, 4), 2)  # still in step after the errors
-    _check_slice(
-        scatter_rollout(lambda: step, groups, cpu),
-        step,
-        step.assignment[ps.get_data_parallel_rank()],
-    )
+    _check_slice(scatter_rollout(lambda: step, groups, cpu), step, ps.get_data_parallel_rank())
 
 
 def test_rank0_errors_reach_every_rank():
@@ -156,11 +169,12 @@ def test_rank0_errors_reach_every_rank():
 
 def test_single_process_and_empty_step():
     step = _assign(_step(5, 7), 1)
-    _check_slice(scatter_rollout(lambda: step, ScatterGroups(), "cpu"), step, step.assignment[0])
-    empty = RolloutToScatter([], torch.zeros(0), [], [[]])
+    _check_slice(scatter_rollout(lambda: step, ScatterGroups(), "cpu"), step, 0)
+    empty = RolloutToScatter([], torch.zeros(0), [], StepLayout.one_microbatch([[]]))
     got = scatter_rollout(lambda: empty, ScatterGroups(), "cpu")
     assert got.token_ids.numel() == got.advantages.numel() == 0 and got.step_max_tokens == 0
     assert got.token_offsets.tolist() == [0]
-    twice = RolloutToScatter(step.samples, step.advantages, step.trainable, [[0, 0, 1, 2, 3]])
-    with pytest.raises(ValueError, match="exactly once"):
+    twice_layout = StepLayout.one_microbatch([[0, 0, 1, 2, 3]])
+    twice = RolloutToScatter(step.samples, step.advantages, step.trainable, twice_layout)
+    with pytest.raises(ValueError, match="at most once"):
         scatter_rollout(lambda: twice, ScatterGroups(), "cpu")
