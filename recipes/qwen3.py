@@ -1,7 +1,7 @@
 """Qwen3-8B / 14B / 32B Base with the paper's recipe (../shared/PAPER.md "Training recipe"):
-DAPO (clip-higher 0.2/0.28, dual clip 10, token-mean, dynamic sampling, overlong shaping over
-a 4096-token buffer, no KL) with the policy gradient through the top 20% highest-entropy
-tokens, on 16 H100 80GB nodes: 8 training + 8 for sglang engines.
+DAPO (clip-higher 0.2/0.28, dual clip 10, token-mean, dynamic sampling of up to 10 rounds then
+an error, overlong shaping over a 4096-token buffer, no KL) with the policy gradient through the
+top 20% highest-entropy tokens, on 16 H100 80GB nodes: 8 training + 8 for sglang engines.
 
 Launch (after converting the base model, README "Reproduce the paper"):
     python -m recipes qwen3_14b --executor slurm --account ACCT --partition batch \\
@@ -33,6 +33,7 @@ from megatron_fork.data.prompt_sets import DataConfig
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.planning import SUGGESTED_LAYOUTS
 from megatron_fork.rewards.config import MathRewardConfig
+from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig
 from megatron_fork.trainer.rl_config import (
     EvalConfig,
     OptimizerSettings,
@@ -76,6 +77,9 @@ def _paper_config(name: str, parallel: ParallelConfig, budget: int) -> RLConfig:
             weight_backend="nccl",
             request_timeout_s=3600.0,
         ),
+        # The paper's script: max_num_gen_batches=10, and DAPO stops with an error when they run
+        # out (dynamic_sampling.on_exhausted=top_up trains on a topped-up batch instead).
+        dynamic_sampling=DynamicSamplingConfig(max_rounds=10, on_exhausted="error"),
         eval=EvalConfig(every=10, samples_per_prompt=32, temperature=1.0, top_p=0.7),
         loss=ForkingLossConfig(rho=0.2, strategy="top"),
         reward=MathRewardConfig(max_response_tokens=MAX_RESPONSE_TOKENS, num_workers=16),

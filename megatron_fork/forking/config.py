@@ -6,6 +6,7 @@ from dataclasses import dataclass
 STRATEGIES = ("top", "bottom", "random", "all")
 SCOPES = ("local_microbatch", "global_microbatch", "global_step")
 NORMALIZERS = ("all_tokens", "selected_tokens", "microbatch_selected_mean")
+REGULARIZER_TOKENS = ("response", "selected")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,13 @@ class ForkingLossConfig:
     """Weight of the k3 KL to a reference policy (needs reference log-probs). 0 = off."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus (subtracted from the loss). 0 = off."""
+    regularizer_tokens: str = "response"
+    """Tokens the KL and entropy-bonus terms average over. response (the paper's code, verl's
+    dp_actor: agg_loss over the response mask, whatever the selection): a token mean over the
+    valid response tokens, of the step under all_tokens / selected_tokens, of each micro-batch
+    (weighted by its rows, as the surrogate) under microbatch_selected_mean; unselected tokens
+    get its gradient. selected: added to the surrogate on the selected tokens only, under its
+    normaliser."""
     seed: int = 0
     """Seed of the random strategy (the draw is a fixed function of seed and token order)."""
     temperature: float = 1.0
@@ -57,6 +65,7 @@ class ForkingLossConfig:
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("normalizer", self.normalizer, NORMALIZERS)
+        _check_choice("regularizer_tokens", self.regularizer_tokens, REGULARIZER_TOKENS)
         check_rho(self.rho)
         for name in ("eps_low", "eps_high", "kl_coef", "entropy_coef"):
             value = getattr(self, name)
@@ -75,6 +84,11 @@ class ForkingLossConfig:
             raise ValueError(f"ForkingLossConfig.vocab_size must be >= 1, got {self.vocab_size}.")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"ForkingLossConfig.chunk_size must be >= 1, got {self.chunk_size}.")
+
+    @property
+    def has_regularizer(self) -> bool:
+        """True when the KL or the entropy-bonus term is on."""
+        return self.kl_coef > 0 or self.entropy_coef > 0
 
 
 def check_rho(rho: float) -> None:

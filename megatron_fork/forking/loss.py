@@ -1,14 +1,19 @@
 """The forking-token policy loss: DAPO's clipped surrogate on the selected tokens only.
 
-With S the selected tokens, V the valid ones and N the normaliser (|V| or |S|, global):
-    loss = -(1/N) sum_{t in S} [o_t - kl_coef * kl_t + entropy_coef * H_t]
+With S the selected tokens, V the valid ones, N the normaliser (|V| or |S|, global) and
+g_t = entropy_coef * H_t - kl_coef * kl_t the regularisers:
+    regularizer_tokens="response" (the paper's code, verl's dp_actor):
+        loss = -(1/N) sum_{t in S} o_t - (1/N_reg) sum_{t in V} g_t,   N_reg = |V| by default
+    regularizer_tokens="selected":
+        loss = -(1/N) sum_{t in S} [o_t + g_t]   (no gradient reaches an unselected token)
 One call is one micro-batch, so ``microbatch_selected_mean`` counts |S| here like
 ``selected_tokens``; its weighting of micro-batches by rows is step plumbing
-(megatron_fork.trainer.forward_step), which passes each micro-batch's N in ``normalizer``.
-The KL and entropy terms are masked like the surrogate, so no gradient reaches an unselected
-token. Over a group, each rank returns its share (its tokens' sum over the global N), so the
-ranks' losses add up to the loss of the whole scope.
+(megatron_fork.trainer.forward_step), which passes each micro-batch's N in ``normalizer`` and
+N_reg in ``regularizer_normalizer``. Over a group, each rank returns its share (its tokens' sum
+over the global N), so the ranks' losses add up to the loss of the whole scope.
 """
+
+import dataclasses
 
 import torch
 
@@ -64,6 +69,26 @@ def global_normalizer(valid_mask, selected, config: ForkingLossConfig, group=Non
     return all_reduce_(count.reshape(1), group)[0]
 
 
+def _regularizer(logprob, entropy, ref_logprob, mask, config: ForkingLossConfig):
+    """[...] g_t = entropy_coef * H_t - kl_coef * k3_t (None when both are off); the KL's
+    log-ratio is zeroed outside ``mask`` before its exp (a huge one there would give NaN)."""
+    if not config.has_regularizer:
+        return None
+    terms = torch.zeros_like(logprob)
+    if config.kl_coef > 0:
+        terms = terms - config.kl_coef * k3_kl(torch.where(mask, ref_logprob - logprob, 0.0))
+    if config.entropy_coef > 0:
+        terms = terms + config.entropy_coef * entropy
+    return terms
+
+
+def _safe(normalizer, dtype) -> torch.Tensor:
+    # N = 0 only when nothing is counted (the sum is 0 too): divide by 1. N may be below 1 (a
+    # micro-batch's |S_m| / rows_m under microbatch_selected_mean in per-token mode).
+    normalizer = torch.as_tensor(normalizer, dtype=torch.float64)
+    return torch.where(normalizer > 0, normalizer, 1.0).to(dtype)
+
+
 def forking_policy_loss(
     logprob: torch.Tensor,
     old_logprob: torch.Tensor,
@@ -77,6 +102,7 @@ def forking_policy_loss(
     normalizer: torch.Tensor | float | None = None,
     ref_logprob: torch.Tensor | None = None,
     order: torch.Tensor | None = None,
+    regularizer_normalizer: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This rank's share of the forking-token loss, and metrics reduced over ``group``.
 
@@ -92,6 +118,8 @@ def forking_policy_loss(
             count of this call's tokens over ``group``.
         ref_logprob: [...] reference-policy log-probs, needed when ``config.kl_coef > 0``.
         order: [...] canonical token index for tie-breaking and ``random`` (see selection).
+        regularizer_normalizer: precomputed N_reg of the KL / entropy terms under
+            ``regularizer_tokens="response"``; None = the valid tokens over ``group``.
     Returns:
         (0-dim loss, metrics dict of 0-dim tensors).
     """
@@ -112,16 +140,20 @@ def forking_policy_loss(
         log_ratio, advantages, config.eps_low, config.eps_high, config.dual_clip_c
     )
     per_token = surrogate.objective
-    if config.kl_coef > 0:
-        ref_log_ratio = torch.where(selected, ref_logprob - logprob, 0.0)
-        per_token = per_token - config.kl_coef * k3_kl(ref_log_ratio)
-    if config.entropy_coef > 0:
-        per_token = per_token + config.entropy_coef * entropy
+    on_response = config.regularizer_tokens == "response"
+    mask = valid_mask if on_response else selected
+    regularizer = _regularizer(logprob, entropy, ref_logprob, mask, config)
+    if regularizer is not None and not on_response:
+        per_token = per_token + regularizer
     total = torch.where(selected, per_token, 0.0).sum()
-    normalizer = torch.as_tensor(normalizer, dtype=torch.float64)
-    # N = 0 only when nothing is counted (the sum is 0 too): divide by 1. N may be below 1 (a
-    # micro-batch's |S_m| / rows_m under microbatch_selected_mean in per-token mode).
-    loss = -total / torch.where(normalizer > 0, normalizer, 1.0).to(total.dtype)
+    loss = -total / _safe(normalizer, total.dtype)
+    if regularizer is not None and on_response:
+        if regularizer_normalizer is None:
+            regularizer_normalizer = global_normalizer(
+                valid_mask, selected, dataclasses.replace(config, normalizer="all_tokens"), group
+            )
+        reg_total = torch.where(valid_mask, regularizer, 0.0).sum()
+        loss = loss - reg_total / _safe(regularizer_normalizer, reg_total.dtype)
     observed_log_ratio = torch.where(valid_mask, logprob - old_logprob, 0.0).detach()
     metrics = forking_metrics(entropy, valid_mask, selected, surrogate, observed_log_ratio, group)
     return loss, metrics

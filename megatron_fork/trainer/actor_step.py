@@ -21,6 +21,7 @@ from megatron_fork.trainer.forward_step import (
 )
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch
+from megatron_fork.trainer.regularizer_scaling import step_regularizer_normalizer
 from megatron_fork.trainer.schedule import schedule_args
 from megatron_fork.trainer.step_tokens import select_step_tokens, step_normalizer
 
@@ -99,7 +100,9 @@ def prepare_step(
         shards = [dataclasses.replace(mb, selected=m) for mb, m in zip(shards, masks, strict=True)]
     per_token = get_model_config(model).calculate_per_token_loss
     normalizer = None if per_token else step_normalizer(config, shards, groups)
-    return PreparedStep(shards, config, StepLossScaling(per_token, len(shards), normalizer))
+    regularizer = step_regularizer_normalizer(config, shards, groups, per_token)
+    scaling = StepLossScaling(per_token, len(shards), normalizer, regularizer)
+    return PreparedStep(shards, config, scaling)
 
 
 def forward_backward_step(model, step: PreparedStep, groups: LossGroups) -> list[dict] | None:

@@ -42,6 +42,7 @@ from megatron_fork.ops import vocab_parallel_logprob_entropy
 from megatron_fork.parallel.groups import all_reduce_, group_rank
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch
+from megatron_fork.trainer.regularizer_scaling import microbatch_regularizer_normalizer
 from megatron_fork.trainer.step_tokens import microbatch_rows
 
 
@@ -55,6 +56,9 @@ class StepLossScaling:
     normalizer: torch.Tensor | None = None
     """The step's ``step_normalizer`` (needed when not ``per_token``): global N, or the rows R
     under ``microbatch_selected_mean``."""
+    regularizer_normalizer: torch.Tensor | None = None
+    """The step's N_reg of the KL / entropy terms under ``selected_tokens`` with
+    ``regularizer_tokens="response"`` (``step_regularizer_normalizer``); None otherwise."""
 
     def __post_init__(self):
         if not self.per_token and self.normalizer is None:
@@ -153,6 +157,9 @@ def forking_loss_func(
         selected=selected,
         normalizer=normalizer,
         ref_logprob=batch.ref_logprob,
+        regularizer_normalizer=microbatch_regularizer_normalizer(
+            batch, config, scaling, groups, normalizer
+        ),
     )
     return megatron_loss_output(loss, local_count, metrics, scaling, groups)
 

@@ -159,11 +159,14 @@ def collect_rollout_batch(
     advantage: AdvantageConfig,
 ) -> RolloutBatch:
     """Generate rounds until ``target_groups`` informative groups (rewards not all equal in
-    correctness) are found or the rounds run out. A short batch is topped up with dropped
-    groups so every step has the same shape (the config guarantees a round holds at least
-    ``target_groups`` prompts); they are marked untrainable (``RolloutBatch.trainable``) and
-    get zero advantage, so only the informative groups drive selection, normaliser and
-    gradient, as in DAPO."""
+    correctness) are found or the rounds run out. Run out, ``dynamic.on_exhausted="error"``
+    raises ``DynamicSamplingExhausted`` (DAPO's behaviour; called on rank 0 inside
+    ``scatter_rollout``, so the error reaches every rank). Under ``"top_up"`` a short batch is
+    topped up with dropped groups so every step has the same shape (the config guarantees a
+    round holds at least ``target_groups`` prompts); they are marked untrainable
+    (``RolloutBatch.trainable``) and get zero advantage, so only the informative groups drive
+    selection, normaliser and gradient, as in DAPO. ``dynamic_sampling/exhausted`` is 1 on a
+    step whose rounds ran out."""
     generated: list[PromptGroup] = []
 
     def generate_round(round_index: int) -> list[PromptGroup]:
@@ -207,6 +210,7 @@ def _rollout_metrics(generated, trained, filled, padded: int) -> dict:
         "dynamic_sampling/generated_groups": float(filled.generated_groups),
         "dynamic_sampling/dropped_equal_reward": float(filled.dropped_equal_reward),
         "dynamic_sampling/padded_groups": float(padded),
+        "dynamic_sampling/exhausted": float(filled.short),
     }
 
 

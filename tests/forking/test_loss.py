@@ -156,10 +156,15 @@ def random_inputs(n=40, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize(
     ("kl_coef", "entropy_coef"), [(0.0, 0.0), (0.1, 0.0), (0.0, 0.05), (0.3, 0.02)]
 )
-def test_matches_plain_reference_with_kl_and_entropy(normalizer, kl_coef, entropy_coef):
+@pytest.mark.parametrize("tokens", ["selected", "response"])
+def test_matches_plain_reference_with_kl_and_entropy(normalizer, kl_coef, entropy_coef, tokens):
     logprob, old, adv, valid, entropy, ref = random_inputs(seed=1)
     config = ForkingLossConfig(
-        rho=0.3, normalizer=normalizer, kl_coef=kl_coef, entropy_coef=entropy_coef
+        rho=0.3,
+        normalizer=normalizer,
+        kl_coef=kl_coef,
+        entropy_coef=entropy_coef,
+        regularizer_tokens=tokens,
     )
     # Reference selection: top 30% of valid tokens by entropy (distinct random values).
     n_valid = int(valid.sum())
@@ -177,18 +182,21 @@ def test_matches_plain_reference_with_kl_and_entropy(normalizer, kl_coef, entrop
     h_ref = entropy.detach().clone().requires_grad_()
     per_token = reference_objective(lp_ref, old, adv, 0.2, 0.28, 10.0)
     delta = ref - lp_ref
-    per_token = per_token - kl_coef * (torch.exp(delta) - delta - 1) + entropy_coef * h_ref
+    regularizer = -kl_coef * (torch.exp(delta) - delta - 1) + entropy_coef * h_ref
     n = n_valid if normalizer == "all_tokens" else k
-    expected = -(per_token * selected).sum() / n
+    if tokens == "selected":
+        expected = -((per_token + regularizer) * selected).sum() / n
+    else:  # verl: the surrogate over the selection, the regularisers' mean over the response
+        expected = -(per_token * selected).sum() / n - (regularizer * valid).sum() / n_valid
     expected.backward()
 
     assert value.item() == pytest.approx(expected.item(), abs=1e-12)
     torch.testing.assert_close(logprob.grad, lp_ref.grad, atol=1e-12, rtol=0)
     if entropy_coef > 0:
         torch.testing.assert_close(entropy.grad, h_ref.grad.to(entropy.grad.dtype))
-        assert torch.equal(entropy.grad[~selected], torch.zeros(int((~selected).sum())))
+    trained = selected if tokens == "selected" or kl_coef == 0 else valid
     assert torch.equal(
-        logprob.grad[~selected], torch.zeros(int((~selected).sum()), dtype=torch.float64)
+        logprob.grad[~trained], torch.zeros(int((~trained).sum()), dtype=torch.float64)
     )
 
 
@@ -340,3 +348,38 @@ def test_huge_ratio_on_a_padding_or_unselected_slot_leaves_gradients_finite():
     assert torch.isfinite(logprob.grad).all()
     assert logprob.grad[0].item() == pytest.approx(-0.44, abs=1e-12)  # unchanged by the slots
     assert not torch.isfinite(metrics["approx_kl"])  # t4 is valid: its KL really is huge
+
+
+@pytest.mark.parametrize(("advantage", "dual_clip_c"), [(1.0, 10.0), (-1.0, 10.0), (-1.0, None)])
+def test_log_ratio_95_is_clamped_to_20_as_verl(advantage, dual_clip_c):
+    # t0: log r = 95 (exp overflows fp32 to inf: NaN gradient unclamped). verl clamps log r to
+    # +-20: r = e^20, and the clamp passes no gradient. A = +1: o = min(e^20, 1.28) = 1.28.
+    # A = -1, c = 10: min(-e^20, -0.8) = -e^20, max(., -10) = -10. A = -1, no dual clip: -e^20.
+    # t1: log r = ln 1.1, A = 2, in range: o = 2.2, d o / d lp = 2.2. rho = 1, N = 2.
+    old = torch.tensor([-100.0, -1.0])
+    logprob = torch.tensor([-5.0, -1.0 + math.log(1.1)]).requires_grad_()
+    adv = torch.tensor([advantage, 2.0])
+    config = ForkingLossConfig(rho=1.0, dual_clip_c=dual_clip_c)
+    value, _ = forking_policy_loss(logprob, old, adv, torch.ones(2, dtype=torch.bool),
+                                   torch.ones(2), config)  # fmt: skip
+    value.backward()
+    o0 = {(1.0, 10.0): 1.28, (-1.0, 10.0): -10.0, (-1.0, None): -math.exp(20.0)}
+    expected = -(o0[(advantage, dual_clip_c)] + 2.2) / 2
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    assert torch.isfinite(logprob.grad).all()
+    torch.testing.assert_close(logprob.grad, torch.tensor([0.0, -1.1]))
+
+
+def test_k3_kl_is_bounded_as_verl_low_var_kl():
+    """verl's low_var_kl: d = clamp(ref - logprob, +-20), kl = clamp(exp(d) - d - 1, +-10). By
+    hand: d = 0.5 -> e^0.5 - 1.5; d = 3 -> e^3 - 4 = 16.09 -> 10; d = 95 -> 10 with a zero,
+    finite gradient (unclamped: inf and NaN)."""
+    from megatron_fork.forking.surrogate import k3_kl
+
+    d = torch.tensor([0.5, 3.0, 95.0, -95.0], requires_grad=True)
+    kl = k3_kl(d)
+    expected = [math.exp(0.5) - 1.5, 10.0, 10.0, math.exp(-20.0) + 20.0 - 1.0]
+    assert kl.tolist() == pytest.approx([min(e, 10.0) for e in expected], rel=1e-6)
+    kl.sum().backward()
+    assert torch.isfinite(d.grad).all()
+    assert d.grad.tolist() == pytest.approx([math.exp(0.5) - 1.0, 0.0, 0.0, 0.0], rel=1e-6)

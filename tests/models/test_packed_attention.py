@@ -204,7 +204,9 @@ def _attention_modules():
 def _core_attention_worker(rank, world_size):
     init_megatron(seed=3)
     packed_attention, megatron_attention = _attention_modules()
-    for lengths, slot_multiple in [(LENGTHS, None), (LENGTHS, 4), ((5, 0, 3), 4)]:
+    # 7, 6 and 6 share a bucket (one padded batch); 9, 2 and 30 run alone
+    cases = [(LENGTHS, None), (LENGTHS, 4), ((5, 0, 3), 4), ((7, 2, 6, 30, 6, 9), None)]
+    for lengths, slot_multiple in cases:
         params = _packed_params(lengths, slot_multiple)
         t = _packed_length(params)
         q, k, v = torch.randn(t, 4, 16), torch.randn(t, 2, 16), torch.randn(t, 2, 16)
@@ -229,3 +231,12 @@ def _core_attention_worker(rank, world_size):
 
 def test_core_attention_matches_per_sample_reference_and_megatron_unpacked():
     run_distributed(_core_attention_worker, 1)
+
+
+def test_length_buckets_by_hand():
+    """Longest first; a sample joins the bucket while >= 0.8 x its longest; empty ones drop."""
+    from megatron_fork.models.packed_attention import length_buckets
+
+    spans = [(0, 7, 7), (7, 2, 9), (9, 6, 15), (15, 30, 45), (45, 0, 45), (45, 6, 51), (51, 9, 60)]
+    # 7 < 0.8 x 9 starts a bucket; 6 >= 0.8 x 7 joins it
+    assert length_buckets(spans) == [[(15, 30)], [(51, 9)], [(0, 7), (9, 6), (45, 6)], [(7, 2)]]

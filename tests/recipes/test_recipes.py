@@ -42,6 +42,10 @@ def test_every_recipe_builds_and_passes_its_checks(name):
         assert recipe.config.rollout.max_new_tokens == 20480
         assert recipe.config.rollout.samples_per_prompt == 16
         assert recipe.config.precision.params == "bf16"
+        # the paper's script: 10 generation rounds, then DAPO's error (not a topped-up batch)
+        sampling = recipe.config.dynamic_sampling
+        assert sampling.max_rounds == 10 and sampling.on_exhausted == "error"
+        assert recipe.config.loss.regularizer_tokens == "response"  # KL / entropy as verl
     else:
         assert plan is None and recipe.launch.engines.nodes == 0
 

@@ -51,20 +51,30 @@ def select_by_sort(entropy, valid, order, rho, strategy) -> torch.Tensor:
     return mask.view(valid.shape)
 
 
-def policy_loss(logprob, old_logprob, advantages, selected, normalizer, cfg, entropy, ref=None):
-    """-(1/N) sum over selected of the DAPO per-token objective (+ KL and entropy terms)."""
+def policy_loss(
+    logprob, old_logprob, advantages, selected, normalizer, cfg, entropy, ref=None, valid=None
+):
+    """-(1/N) sum over selected of the DAPO per-token objective, plus the KL and entropy terms:
+    on the selected tokens under N (``regularizer_tokens="selected"``), or a token mean over
+    ``valid`` (``"response"``, verl's agg_loss over the response mask)."""
     ratio = torch.exp(logprob - old_logprob)
     lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
     objective = torch.minimum(ratio * advantages, ratio.clamp(lo, hi) * advantages)
     if cfg.dual_clip_c is not None:
         dual = torch.maximum(objective, cfg.dual_clip_c * advantages)
         objective = torch.where(advantages < 0, dual, objective)
+    regularizer = torch.zeros_like(objective)
     if cfg.kl_coef:
         d = ref - logprob
-        objective = objective - cfg.kl_coef * (torch.exp(d) - d - 1)
+        regularizer = regularizer - cfg.kl_coef * (torch.exp(d) - d - 1)
     if cfg.entropy_coef:
-        objective = objective + cfg.entropy_coef * entropy
-    return -(objective * selected).sum() / max(int(normalizer), 1)
+        regularizer = regularizer + cfg.entropy_coef * entropy
+    if cfg.regularizer_tokens == "selected" or not (cfg.kl_coef or cfg.entropy_coef):
+        return -((objective + regularizer) * selected).sum() / max(int(normalizer), 1)
+    if valid is None:
+        raise ValueError("regularizer_tokens=response needs the valid mask")
+    policy = -(objective * selected).sum() / max(int(normalizer), 1)
+    return policy - (regularizer * valid).sum() / max(int(valid.sum()), 1)
 
 
 def reference_loss(logits, step, cfg, num_microbatches, dp_size):
@@ -82,7 +92,9 @@ def reference_loss(logits, step, cfg, num_microbatches, dp_size):
             entropy.detach()[unit], step["valid"][unit], step["order"][unit], cfg.rho, cfg.strategy
         )
     n = step["valid"].sum() if cfg.normalizer == "all_tokens" else selected.sum()
-    loss = policy_loss(logprob, old, step["advantages"], selected, n, cfg, entropy, ref)
+    loss = policy_loss(
+        logprob, old, step["advantages"], selected, n, cfg, entropy, ref, step["valid"]
+    )
     return {
         "loss": loss,
         "normalizer": n.to(torch.float64),

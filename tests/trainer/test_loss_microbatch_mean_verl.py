@@ -10,6 +10,8 @@ mini-batch of fsdp_workers.py:235-236), backward accumulated; FSDP then averages
 DP. The lookup-table model makes the gradient w.r.t. the table the gradient w.r.t. the logits.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -54,7 +56,29 @@ def make_data(dp: int, seed: int = 0) -> dict:
     for mb in (mb for rank in ranks for mb in rank):
         logprob, _ = logprob_entropy(table.double()[mb["order"]], mb["target"])
         mb["old_logprob"] = (logprob + mb.pop("noise")).float()
+    for mb in (mb for rank in ranks for mb in rank):  # drawn last: the data above is unchanged
+        logprob, _ = logprob_entropy(table.double()[mb["order"]], mb["target"])
+        noise = 0.2 * torch.randn(mb["target"].shape, generator=gen, dtype=torch.float64)
+        mb["ref_logprob"] = (logprob + noise).float()
     return {"ranks": ranks, "table": table}
+
+
+def verl_masked_mean(values, mask):
+    """verl_F.masked_mean: sum over the mask / (count + 1e-8)."""
+    return (values * mask).sum() / (mask.sum() + 1e-8)
+
+
+def verl_regularizers(logprob, entropy, mb, cfg):
+    """dp_actor.py:491-507 (the paper's fork): entropy and low_var_kl losses, each
+    agg_loss(token-mean) over the response mask; kl_penalty clamps as core_algos.py:1480-1487."""
+    valid, extra = mb["valid"].double(), 0.0
+    if cfg.entropy_coef:
+        extra = extra - cfg.entropy_coef * verl_masked_mean(entropy, valid)
+    if cfg.kl_coef:
+        kl = (mb["ref_logprob"].double() - logprob).clamp(-20, 20)
+        kld = (torch.exp(kl) - kl - 1).clamp(-10, 10)
+        extra = extra + cfg.kl_coef * verl_masked_mean(kld, valid)
+    return extra
 
 
 def verl_entropy_top_mask(entropy, response_mask, top_ratio):
@@ -76,15 +100,23 @@ def verl_update(data: dict, cfg: ForkingLossConfig) -> dict:
     and gradient w.r.t. the table, and the number of selected tokens."""
     table = data["table"].double().requires_grad_(True)
     dp, loss, selected = len(data["ranks"]), 0.0, 0
+    surrogate = dataclasses.replace(cfg, kl_coef=0.0, entropy_coef=0.0)  # terms added below
     for rank in data["ranks"]:
         ppo_mini_batch_size = sum(mb["valid"].shape[0] for mb in rank)  # per rank, normalised
         for mb in rank:
             logprob, entropy = logprob_entropy(table[mb["order"]], mb["target"])
             mask = verl_entropy_top_mask(entropy.detach(), mb["valid"], cfg.rho)
             token_sum = policy_loss(
-                logprob, mb["old_logprob"].double(), mb["advantages"].double(), mask, 1, cfg, None
+                logprob,
+                mb["old_logprob"].double(),
+                mb["advantages"].double(),
+                mask,
+                1,
+                surrogate,
+                None,
             )  # -(sum of the surrogate over the mask): normaliser 1
             pg_loss = token_sum / (mask.sum() + 1e-8)  # agg_loss token-mean (masked_mean)
+            pg_loss = pg_loss + verl_regularizers(logprob, entropy, mb, cfg)
             loss_scale_factor = mb["valid"].shape[0] / ppo_mini_batch_size
             scaled = pg_loss * loss_scale_factor
             (scaled / dp).backward()  # FSDP averages the gradient over DP
@@ -106,6 +138,7 @@ def _shards(data, dp_rank, groups):
             old_logprob=mb["old_logprob"],
             advantages=mb["advantages"],
             token_order=mb["order"],
+            ref_logprob=mb["ref_logprob"],
         )
         shards.append(full.context_parallel_shard(groups.cp))
     return shards
@@ -145,9 +178,9 @@ def _worker(rank, world, cp, per_token, cfg_fields, matches, data_path):
         assert min(errors) > 1e-3, errors
 
 
-def _run(tmp_path, dp, cp, per_token, cfg_fields=CFG, matches=True):
+def _run(tmp_path, dp, cp, per_token, cfg_fields=CFG, matches=True, reference_fields=CFG):
     data = make_data(dp)
-    reference = verl_update(data, ForkingLossConfig(**CFG))
+    reference = verl_update(data, ForkingLossConfig(**reference_fields))
     assert abs(float(reference["loss"])) > 1e-2, "cancelling loss: change the data"
     path = tmp_path / "data.pt"
     torch.save({"data": data, "reference": reference}, path)
@@ -170,3 +203,18 @@ def test_selected_tokens_is_not_the_public_code_aggregation(tmp_path):
     """One global token mean over the step's selected tokens weights micro-batches by their
     selected tokens, not their rows: on this data it misses verl's loss and gradient."""
     _run(tmp_path, 2, 1, False, dict(CFG, normalizer="selected_tokens"), matches=False)
+
+
+REGULARIZED = dict(CFG, entropy_coef=0.05, kl_coef=0.1)  # regularizer_tokens="response" default
+
+
+@pytest.mark.parametrize(("layout", "per_token"), [("DP2", False), ("DP2xCP2", True)])
+def test_kl_and_entropy_over_the_response_match_verl_loop(tmp_path, layout, per_token):
+    """The paper's code adds agg_loss(entropy / kl, response_mask) per micro-batch, weighted
+    by rows like the surrogate: regularizer_tokens="response" under the same normaliser."""
+    _run(tmp_path, *LAYOUTS[layout], per_token, REGULARIZED, reference_fields=REGULARIZED)
+
+
+def test_kl_and_entropy_on_the_selected_tokens_are_not_the_public_code(tmp_path):
+    selected = dict(REGULARIZED, regularizer_tokens="selected")
+    _run(tmp_path, 2, 1, False, selected, matches=False, reference_fields=REGULARIZED)

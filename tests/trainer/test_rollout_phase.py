@@ -14,7 +14,7 @@ from megatron_fork.rewards.scorer import MathRewardScorer
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import SamplingParams
 from megatron_fork.trainer.advantages import AdvantageConfig
-from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig
+from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingExhausted
 from megatron_fork.trainer.rollout_phase import (
     GroupSampler,
     collect_rollout_batch,
@@ -63,15 +63,23 @@ def test_all_wrong_groups_are_dropped_and_the_batch_topped_up(sampler, prompts):
     assert batch.metrics["dynamic_sampling/generated_groups"] == 8
     assert batch.metrics["dynamic_sampling/dropped_equal_reward"] == 8
     assert batch.metrics["dynamic_sampling/padded_groups"] == 3
+    assert batch.metrics["dynamic_sampling/exhausted"] == 1.0  # counted under the top-up
     assert batch.metrics["rollout/accuracy"] == 0.0
     torch.testing.assert_close(batch.advantages, torch.zeros(3, 4))  # no signal, no gradient
     assert batch.informative_groups == 0 and batch.trainable == [False] * 12  # filler only
+
+
+def test_run_out_rounds_stop_the_step_under_the_papers_behaviour(sampler, prompts):
+    dapo = DynamicSamplingConfig(max_rounds=2, on_exhausted="error")  # DAPO: an error
+    with pytest.raises(DynamicSamplingExhausted, match=r"0 of 3 .* in 2 rounds .*max_rounds"):
+        collect(sampler, prompts, 1, dapo)
 
 
 def test_without_dynamic_sampling_the_first_round_is_kept(sampler, prompts):
     batch = collect(sampler, prompts, 1, DynamicSamplingConfig(enabled=False))
     assert batch.metrics["dynamic_sampling/rounds"] == 1
     assert batch.metrics["dynamic_sampling/padded_groups"] == 0
+    assert batch.metrics["dynamic_sampling/exhausted"] == 0.0
     assert [g.example.id for g in batch.groups] == [
         e.id for e in PromptStream(prompts, seed=0).take(3)
     ]
