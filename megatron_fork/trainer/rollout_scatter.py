@@ -174,10 +174,10 @@ def _pack(data: RolloutToScatter, d: int, step_max: int) -> list[torch.Tensor]:
     """DP rank ``d``'s message (CPU): header, meta, schedule, tokens, floats."""
     indices, placement = data.layout.assignment(d), data.layout.placement(d)
     chosen = [data.samples[i] for i in indices]
-    ids = list(itertools.chain.from_iterable(s.prompt_ids + s.output_ids for s in chosen))
-    if ids and not 0 <= min(ids) <= max(ids) <= INT32_MAX:
+    ids = _concatenated([t for s in chosen for t in (s.prompt_ids, s.output_ids)], torch.int64)
+    if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) <= INT32_MAX:
         raise ValueError(f"token ids must lie in [0, {INT32_MAX}] to travel as int32")
-    logprobs = list(itertools.chain.from_iterable(s.output_logprobs for s in chosen))
+    logprobs = _concatenated([s.output_logprobs for s in chosen], torch.float32)
     meta = torch.tensor(
         [
             [i, len(s.prompt_ids), len(s.output_ids), bool(data.trainable[i]), m, j]
@@ -190,10 +190,18 @@ def _pack(data: RolloutToScatter, d: int, step_max: int) -> list[torch.Tensor]:
         dtype=torch.int64,
     ).reshape(-1, 2)
     advantages = data.advantages.reshape(-1)[indices].to(torch.float32)  # [n]
-    floats = torch.cat([torch.tensor(logprobs, dtype=torch.float32), advantages])
+    floats = torch.cat([logprobs, advantages])
     sizes = (len(chosen), len(ids), len(logprobs), len(data.samples), step_max, len(schedule), 0)
     header = torch.tensor((MAGIC, OK, *sizes), dtype=torch.int64)
-    return [header, meta, schedule, torch.tensor(ids, dtype=torch.int32), floats]
+    return [header, meta, schedule, ids.to(torch.int32), floats]
+
+
+def _concatenated(sequences, dtype) -> torch.Tensor:
+    """One flat tensor of Python sequences: a tensor per sequence, then one cat (about 6x
+    faster than chaining them into one list first: ~4 s instead of ~27 s of rank 0's time for
+    the 8B recipe's 67M ids per step, measured at 1/16 of that)."""
+    parts = [torch.tensor(seq, dtype=dtype) for seq in sequences if len(seq)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
 
 
 def _pack_error(error: Exception) -> list[torch.Tensor]:

@@ -174,6 +174,12 @@ def test_single_process_and_empty_step():
     got = scatter_rollout(lambda: empty, ScatterGroups(), "cpu")
     assert got.token_ids.numel() == got.advantages.numel() == 0 and got.step_max_tokens == 0
     assert got.token_offsets.tolist() == [0]
+    for bad_id in (2**31, -1):  # ids travel as int32
+        samples = list(step.samples)
+        samples[3] = Sample("big", (5,), (bad_id,), (-1.0,), FinishReason("stop"), 0)
+        bad = RolloutToScatter(samples, step.advantages, step.trainable, step.layout)
+        with pytest.raises(ValueError, match="token ids must lie in"):
+            scatter_rollout(lambda bad=bad: bad, ScatterGroups(), "cpu")
     twice_layout = StepLayout.one_microbatch([[0, 0, 1, 2, 3]])
     twice = RolloutToScatter(step.samples, step.advantages, step.trainable, twice_layout)
     with pytest.raises(ValueError, match="at most once"):
