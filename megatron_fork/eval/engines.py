@@ -18,6 +18,7 @@ EngineChoice(_vllm_engine, needs_urls=True)`` whose builder returns the vLLM cli
 the URLs; ``--engine`` lists whatever is registered.
 """
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,8 +58,9 @@ def _server_version(client: ServerClient) -> tuple[int, dict]:
     try:
         info = client.call("/model_info", timeout_s=30.0)
     except ServerError as error:
+        hint = "set SGLANG_API_KEY to the servers' key" if "401" in str(error) else "start it"
         raise EvalSetupError(
-            f"server {client.url} does not answer ({error}): start it, or fix --server-url"
+            f"server {client.url} does not answer ({error}): {hint}, or fix --server-url"
         ) from None
     try:
         return int(info["weight_version"]), info
@@ -72,7 +74,10 @@ def _server_version(client: ServerClient) -> tuple[int, dict]:
 def _sglang_engine(settings: EvalSettings, model: OpenedModel) -> BuiltEngine:
     from megatron_fork.rollout.server_engine import ServerRolloutEngine
 
-    clients = [ServerClient(url, settings.request_timeout_s) for url in settings.server_urls]
+    api_key = os.environ.get("SGLANG_API_KEY")  # the recipes' servers require it (controller.py)
+    clients = [
+        ServerClient(url, settings.request_timeout_s, api_key) for url in settings.server_urls
+    ]
     seen = [_server_version(client) for client in clients]
     versions = {version for version, _ in seen}
     if len(versions) > 1:
@@ -86,7 +91,11 @@ def _sglang_engine(settings: EvalSettings, model: OpenedModel) -> BuiltEngine:
                 stacklevel=2,
             )
     engine = ServerRolloutEngine(
-        [c.url for c in clients], None, settings.request_timeout_s, version=versions.pop()
+        [c.url for c in clients],
+        None,
+        settings.request_timeout_s,
+        version=versions.pop(),
+        api_key=api_key,
     )
     description = {"name": settings.engine, "servers": [info for _, info in seen]}
     return BuiltEngine(engine, description, engine.close)

@@ -52,7 +52,11 @@ class ResultStore:
         """Prompt index -> its ``k`` sample records (by sample index), for every prompt whose
         results are complete; the file is rewritten to hold exactly those."""
         by_prompt: dict[int, dict[int, dict]] = {}
-        lines = self.samples_path.read_text().splitlines(True) if self._has_samples() else []
+        # Records end at "\n" only: json.dumps leaves U+2028/U+2029/U+0085 in a response
+        # unescaped, and str.splitlines would cut a record there.
+        text = self.samples_path.read_text(encoding="utf-8") if self._has_samples() else ""
+        *whole, torn = text.split("\n")
+        lines = [line + "\n" for line in whole] + ([torn] if torn else [])
         for line in lines:
             record = _parsed(line)
             if record is None:
@@ -75,7 +79,7 @@ class ResultStore:
 
     def append(self, records: list[dict]) -> None:
         """Add whole prompts' records in one write, flushed to disk before returning."""
-        with open(self.samples_path, "a") as f:
+        with open(self.samples_path, "a", encoding="utf-8") as f:
             f.write("".join(_line(r) for r in records))
             f.flush()
             os.fsync(f.fileno())

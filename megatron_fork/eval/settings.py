@@ -64,10 +64,26 @@ class EvalSettings:
             (self.engine_batch_size >= 1, "engine_batch_size must be >= 1"),
             (self.reward_workers >= 1, "reward_workers must be >= 1"),
             (self.max_prompts is None or self.max_prompts >= 1, "max_prompts must be >= 1"),
+            (self.k < 10**4, f"k must be < 10000 (a request id holds 4 digits), got {self.k}"),
         )
         for ok, message in checks:
             if not ok:
                 raise EvalSetupError(message)
+        self._check_sampling()
+
+    def _check_sampling(self) -> None:
+        """The sampling values, refused before any model loads (SamplingParams' own checks)."""
+        from megatron_fork.rollout.types import SamplingParams
+
+        try:
+            SamplingParams(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                max_new_tokens=self.max_new_tokens,
+            )
+        except ValueError as error:
+            raise EvalSetupError(f"sampling settings: {error}") from None
 
     def result_settings(self) -> dict:
         """The settings results depend on (``RESULT_KEYS``), for ``run.json`` and the summary."""

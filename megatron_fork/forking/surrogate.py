@@ -7,7 +7,9 @@ import torch
 LOG_RATIO_CLAMP = 20.0
 """|log r| is clamped to this before the exp, as verl's compute_policy_loss does ("for
 stability"): exp(95) overflows fp32 to inf and its backward gives 0 * inf = NaN. A clamped
-token's ratio gets no gradient through the clamp (the clip or dual clip stops it anyway)."""
+token's ratio gets no gradient through the clamp: for A > 0 the upper clip stops it anyway;
+for A < 0 without a dual clip the clamp itself stops a gradient that would be huge, as in verl
+(which always applies its dual clip)."""
 
 
 @dataclass(frozen=True)

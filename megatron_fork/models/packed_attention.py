@@ -77,6 +77,10 @@ class PackedDotProductAttention(DotProductAttention):
             raise ValueError(
                 "packed sequences take their mask from cu_seqlens: pass attention_mask=None"
             )
+        if (attn_mask_type or self.attn_mask_type) != AttnMaskType.causal:
+            raise ValueError(  # padding rows of a bucket rely on causal masking
+                f"packed attention is causal only, got {attn_mask_type or self.attn_mask_type}"
+            )
         if packed_seq_params.qkv_format != "thd":  # else RoPE ran over the whole pack
             raise ValueError(
                 f"packed sequences need PackedSeqParams(qkv_format='thd'), got "

@@ -89,3 +89,16 @@ def test_unknown_settings_are_refused_by_the_parser(capsys, tmp_path, prompts, b
     err = _fails(capsys, ["--model", str(base_model), "--prompts", str(prompts),
                           "--out", str(tmp_path), "--k", "0"])  # fmt: skip
     assert "k must be >= 1" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--top-p", "1.5", "top_p must be in (0, 1]"), ("--top-k", "0", "top_k must be -1"),
+     ("--k", "10000", "k must be < 10000")],
+)  # fmt: skip
+def test_bad_sampling_is_refused_before_any_model_loads(
+    capsys, tmp_path, prompts, flag, value, message
+):
+    err = _fails(capsys, ["--model", str(tmp_path / "nowhere"), "--prompts", str(prompts),
+                          "--out", str(tmp_path / "o"), flag, value])  # fmt: skip
+    assert message in err and "nowhere" not in err  # the settings, not the (missing) model

@@ -62,3 +62,24 @@ def test_results_of_other_settings_are_refused_not_mixed(base_model, tmp_path):
         evaluate(tiny_settings(base_model, prompts, tmp_path / "out", k=3))
     redone = evaluate(tiny_settings(base_model, prompts, tmp_path / "out", k=3, restart=True))
     assert redone["samples"] == 6 and first["samples"] == 4
+
+
+def test_a_response_with_unicode_line_separators_resumes_as_finished(tmp_path):
+    """json.dumps leaves U+2028 / U+2029 / U+0085 unescaped: records end at "\\n" only, else
+    such a prompt would be dropped and generated again on every resume."""
+    from megatron_fork.eval.results import ResultStore
+
+    store = ResultStore(tmp_path, {"k": 2})
+    records = [
+        {
+            "prompt_index": 0,
+            "prompt_id": "p0",
+            "sample_index": i,
+            "response": f"x\u2028y\u2029{i}\x85",
+            "correct": i == 0,
+        }
+        for i in range(2)
+    ]
+    store.append(records)
+    again = ResultStore(tmp_path, {"k": 2})
+    assert again.finished(["p0"], 2) == {0: records}

@@ -221,6 +221,10 @@ def _core_attention_worker(rank, world_size):
         packed_attention(q[:-1], k[:-1], v[:-1], None, packed_seq_params=params)
     with pytest.raises(ValueError, match="attention_mask=None"):
         packed_attention(q, k, v, torch.ones(1, 1, t, t, dtype=torch.bool), None, None, params)
+    from megatron.core.transformer.enums import AttnMaskType
+
+    with pytest.raises(ValueError, match="causal only"):  # bucket padding relies on causality
+        packed_attention(q, k, v, None, AttnMaskType.no_mask, None, params)
     with pytest.raises(ValueError, match="qkv_format='thd'"):  # RoPE would span the pack
         sbhd = dataclasses.replace(params, qkv_format="sbhd")
         packed_attention(q, k, v, None, packed_seq_params=sbhd)
