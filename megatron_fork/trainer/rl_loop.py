@@ -34,12 +34,14 @@ from megatron_fork.trainer.checkpoint import (
     save_checkpoint,
 )
 from megatron_fork.trainer.controller import Controller
+from megatron_fork.trainer.dynamic_sampling import DynamicSamplingExhausted
 from megatron_fork.trainer.packing import attention_weight
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.progress import StepProgress
 from megatron_fork.trainer.rl_config import RLConfig
 from megatron_fork.trainer.rollout_scatter import RolloutToScatter, ScatterGroups, scatter_rollout
 from megatron_fork.trainer.run_lock import RunLock
+from megatron_fork.trainer.run_stop import record_stop, refuse_if_stopped
 from megatron_fork.trainer.step_layout import layout_metrics, rl_step_layout
 from megatron_fork.trainer.train_batch import (
     check_batch_layout,
@@ -80,12 +82,18 @@ def run_rl(config: RLConfig) -> dict | None:
     init_parallel(config.parallel, config.seed)
     lock = None
     try:
-        lock = made_on_rank0(lambda: RunLock(config.output_dir).acquire())
+        lock = made_on_rank0(lambda: _start_lock(config.output_dir))
         return _run(config)
     finally:
         if lock is not None:
             lock.release()
         shutdown_parallel(destroy_process_group=owns_group)
+
+
+def _start_lock(output_dir: str) -> RunLock:
+    """Rank 0: refuse a run an earlier attempt stopped for good, then take the lock."""
+    refuse_if_stopped(output_dir)
+    return RunLock(output_dir).acquire()
 
 
 def _run(config: RLConfig) -> dict | None:
@@ -179,7 +187,11 @@ def _rl_step(
     weight = attention_weight(actor.hf_config)
 
     def rollout() -> RolloutToScatter:
-        batch = controller.rollout(step)
+        try:
+            batch = controller.rollout(step)
+        except DynamicSamplingExhausted as error:  # a requeued job would only repeat it
+            record_stop(config.output_dir, error)
+            raise
         samples, trainable = batch.samples, batch.trainable
         layout = rl_step_layout(config, samples, trainable, groups.dp_size, multiple, weight)
         batch.metrics.update(layout_metrics(layout))
