@@ -10,8 +10,10 @@ sampling).
 """
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from megatron_fork.data.prompt_sets import TEMPLATED, DataConfig
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.rewards.config import MathRewardConfig
 from megatron_fork.trainer.rl_config import (
@@ -84,3 +86,56 @@ def _warm_start_base_model(config: RLConfig) -> None:
     base = Path(config.base_model)
     if not (base / "config.json").is_file():
         run_warm_start(warm_start(base, config.seed))
+
+
+# The second embedded task (issue 16.2): the same folds written in mostly determined text
+# (megatron_fork/data/templated_task.py), for the paper's entropy regime. The fold recipes above
+# are untouched; these are the templated task's warm start and RL run.
+
+TEMPLATED_MAX_NEW_TOKENS = 96
+"""The templated solutions are 78 tokens with the end token (4 one-digit numbers); 96 leaves
+room to ramble within the tiny model's 128 positions (prompt: 8 tokens)."""
+TEMPLATED_WARM_START_STEPS = 300
+TEMPLATED_WARM_START_LR = 3e-3
+
+
+def templated_data() -> DataConfig:
+    """The templated task's prompts: 4 one-digit numbers, 500 held out, 9,000 to train on."""
+    return DataConfig(task=TEMPLATED)
+
+
+def templated_warm_start(output_dir: str | Path, seed: int = 0) -> WarmStartConfig:
+    """A warm start long enough to make the template near-certain, short enough to leave the
+    decisions (comparisons, mod-10 results) imperfect."""
+    return WarmStartConfig(
+        output_dir=str(output_dir),
+        steps=TEMPLATED_WARM_START_STEPS,
+        batch_size=64,
+        seed=seed,
+        data=templated_data(),
+        optimizer=OptimizerSettings(lr=TEMPLATED_WARM_START_LR, weight_decay=0.0),
+    )
+
+
+def ensure_templated_base_model(output: str | Path, seed: int = 0) -> tuple[Path, float]:
+    """``output/base_model`` of the templated task, warm-started now unless one is there;
+    returns it and the seconds the warm start took (as ``ensure_base_model``)."""
+    base = Path(output) / "base_model"
+    if (base / "model.safetensors").is_file():
+        print(f"reusing the base model in {base}")
+        return base, 0.0
+    start = time.perf_counter()
+    run_warm_start(templated_warm_start(base, seed))
+    return base, time.perf_counter() - start
+
+
+def rl_templated(base_model: str | Path, output_dir: str | Path, seed: int = 0) -> RLConfig:
+    """``rl()`` on the templated task: its prompts, and room for its longer solutions."""
+    config = rl(base_model, output_dir, seed)
+    return replace(
+        config,
+        data=templated_data(),
+        max_tokens_per_microbatch=8192,  # packed: 64 rows of 128 tokens
+        rollout=replace(config.rollout, max_new_tokens=TEMPLATED_MAX_NEW_TOKENS),
+        reward=replace(config.reward, max_response_tokens=TEMPLATED_MAX_NEW_TOKENS),
+    )

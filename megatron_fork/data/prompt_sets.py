@@ -7,9 +7,14 @@ from dataclasses import dataclass
 from megatron_fork.data.loaders import load_aime, load_dapo
 from megatron_fork.data.report import LoadReport
 from megatron_fork.data.synthetic_task import SyntheticTaskConfig, build_splits
+from megatron_fork.data.templated_task import TemplatedTaskConfig, build_templated_splits
 from megatron_fork.data.types import PromptExample
 
 SYNTHETIC = "synthetic"
+FOLD = "fold"
+"""``DataConfig.task``: the compare-and-fold task (``synthetic_task``), the embedded default."""
+TEMPLATED = "templated"
+"""``DataConfig.task``: the same folds in mostly determined text (``templated_task``)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,19 @@ class DataConfig:
     """Held-out prompts of the synthetic task."""
     synthetic_seed: int = 0
     """Seed of the synthetic task's train/held-out split."""
+    task: str = FOLD
+    """Which built-in task "synthetic" means: "fold" (the default) or "templated" (the paper's
+    regime: a few decisions between determined text)."""
+    templated_width: int = 1
+    """Digits per number of the templated task (arithmetic modulo 10 ** width)."""
+    templated_train: int = 9000
+    """Train prompts of the templated task (its pool is sampled, not enumerated)."""
+
+    def __post_init__(self):
+        if self.task not in _BUILDERS:
+            raise ValueError(
+                f"DataConfig.task must be one of {sorted(_BUILDERS)}, got {self.task!r}"
+            )
 
     def synthetic_task(self) -> SyntheticTaskConfig:
         return SyntheticTaskConfig(
@@ -34,6 +52,22 @@ class DataConfig:
             heldout_size=self.synthetic_heldout,
             seed=self.synthetic_seed,
         )
+
+    def templated_task(self) -> TemplatedTaskConfig:
+        return TemplatedTaskConfig(
+            terms=self.synthetic_terms,
+            width=self.templated_width,
+            heldout_size=self.synthetic_heldout,
+            train_size=self.templated_train,
+            seed=self.synthetic_seed,
+        )
+
+
+# DataConfig.task -> the splits of that built-in task.
+_BUILDERS = {
+    FOLD: lambda config: build_splits(config.synthetic_task()),
+    TEMPLATED: lambda config: build_templated_splits(config.templated_task()),
+}
 
 
 @dataclass(frozen=True)
@@ -56,7 +90,7 @@ def load_prompt_sets(config: DataConfig) -> PromptSets:
     reports: list[LoadReport] = []
     splits = None
     if SYNTHETIC in (config.train, config.eval):
-        splits = build_splits(config.synthetic_task())
+        splits = _BUILDERS[config.task](config)
     train = (
         splits.train
         if config.train == SYNTHETIC
