@@ -5,7 +5,10 @@ Prints mean +- std of the final held-out accuracy per arm and writes ``ablation.
 ``ablation.png``.
 
     python tools/ablation.py [--output runs/ablation] [--seeds 0 1 2] [--sweep strategy|rho]
-                             [--set steps=40 ...]
+                             [--task fold|templated] [--set steps=40 ...]
+
+``--task templated``: the task in the paper's regime (``DataConfig(task="templated")``, its own
+base model and recipe, ``recipes/tiny_qwen3_cpu.rl_templated``); use another ``--output``.
 
 Each (arm, seed) run is its own folder; a finished one with the same settings is not rerun, so
 an interrupted ablation continues where it stopped.
@@ -40,16 +43,23 @@ ARMS = {
 }
 
 
+TASKS = {  # task: (the base model's builder, the RL recipe), in recipes.tiny_qwen3_cpu
+    "fold": ("ensure_base_model", "rl"),
+    "templated": ("ensure_templated_base_model", "rl_templated"),
+}
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="runs/ablation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sweep", choices=sorted(ARMS), default="strategy")
+    parser.add_argument("--task", choices=sorted(TASKS), default="fold")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     return parser.parse_args()
 
 
-def run_arm(base: Path, run_dir: Path, seed: int, overrides: list[str]) -> dict:
+def run_arm(base: Path, run_dir: Path, seed: int, overrides: list[str], task: str = "fold") -> dict:
     """One RL run (fresh unless its summary exists); its summary."""
     import shutil
 
@@ -61,17 +71,23 @@ def run_arm(base: Path, run_dir: Path, seed: int, overrides: list[str]) -> dict:
     done = run_dir / SUMMARY_FILE
     if done.is_file():
         summary = json.loads(done.read_text())
-        if summary.get("overrides") == overrides:  # same settings: keep the finished run
+        same_task = summary.get("task", "fold") == task
+        if summary.get("overrides") == overrides and same_task:  # keep the finished run
             return summary
     shutil.rmtree(run_dir / "run", ignore_errors=True)
-    config = tiny_qwen3_cpu.rl(base, run_dir / "run", seed)
+    config = getattr(tiny_qwen3_cpu, TASKS[task][1])(base, run_dir / "run", seed)
     config = apply_overrides(config, [*overrides, "progress=False", "tensorboard=False"])
     start = time.perf_counter()
     run_rl(config)
     return write_run_report(
         run_dir / "run",
         run_dir,
-        {"wall_seconds": time.perf_counter() - start, "seed": seed, "overrides": overrides},
+        {
+            "wall_seconds": time.perf_counter() - start,
+            "seed": seed,
+            "overrides": overrides,
+            "task": task,
+        },
     )
 
 
@@ -103,10 +119,10 @@ def _std(values: list[float]) -> float:
 
 def main() -> None:
     args = parse_args()
-    from recipes.tiny_qwen3_cpu import ensure_base_model
+    from recipes import tiny_qwen3_cpu
 
     output = Path(args.output)
-    base, _ = ensure_base_model(output, seed=0)
+    base, _ = getattr(tiny_qwen3_cpu, TASKS[args.task][0])(output, seed=0)
     start = time.perf_counter()
     results = {}
     for arm, arm_overrides in ARMS[args.sweep].items():
@@ -114,7 +130,7 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = output / arm.replace(" ", "_").replace("%", "pct") / f"seed{seed}"
             overrides = [*DEFAULT_OVERRIDES, *arm_overrides, *args.set]
-            summary = run_arm(base, run_dir, seed, overrides)
+            summary = run_arm(base, run_dir, seed, overrides, args.task)
             results[arm].append(summary)
             print(
                 f"{arm} seed {seed}: {summary['base_accuracy']:.3f} -> "
