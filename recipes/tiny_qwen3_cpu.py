@@ -36,12 +36,16 @@ def warm_start(output_dir: str | Path, seed: int = 0) -> WarmStartConfig:
 def ensure_base_model(output: str | Path, seed: int = 0) -> tuple[Path, float]:
     """``output/base_model``, warm-started now unless a complete one is there (the demo and the
     ablation reuse it, as a real base model); returns it and the seconds the warm start took."""
-    base = Path(output) / "base_model"
+    return _ensure_warm_started(Path(output) / "base_model", warm_start, seed)
+
+
+def _ensure_warm_started(base: Path, make_config, seed: int) -> tuple[Path, float]:
+    """``base`` warm-started by ``make_config(base, seed)`` unless a complete one is there."""
     if (base / "model.safetensors").is_file():
         print(f"reusing the base model in {base}")
         return base, 0.0
     start = time.perf_counter()
-    run_warm_start(warm_start(base, seed))
+    run_warm_start(make_config(base, seed))
     return base, time.perf_counter() - start
 
 
@@ -120,13 +124,7 @@ def templated_warm_start(output_dir: str | Path, seed: int = 0) -> WarmStartConf
 def ensure_templated_base_model(output: str | Path, seed: int = 0) -> tuple[Path, float]:
     """``output/base_model`` of the templated task, warm-started now unless one is there;
     returns it and the seconds the warm start took (as ``ensure_base_model``)."""
-    base = Path(output) / "base_model"
-    if (base / "model.safetensors").is_file():
-        print(f"reusing the base model in {base}")
-        return base, 0.0
-    start = time.perf_counter()
-    run_warm_start(templated_warm_start(base, seed))
-    return base, time.perf_counter() - start
+    return _ensure_warm_started(Path(output) / "base_model", templated_warm_start, seed)
 
 
 def rl_templated(base_model: str | Path, output_dir: str | Path, seed: int = 0) -> RLConfig:
