@@ -94,11 +94,8 @@ def sample_prompts(sampler: GroupSampler, batch, settings: EvalSettings) -> list
     """The sample records of ``batch`` ((prompt index, example) pairs), prompt-major."""
     k, ids = settings.k, sampler.prompt_ids
     requests = eval_requests(batch, ids, k, sampling_of(settings), sampler.eos_id, settings.seed)
-    samples = sampler.engine.generate(requests)
-    tokenizer = sampler.tokenizer
-    texts = [tokenizer.decode(list(s.output_ids), skip_special_tokens=True) for s in samples]
     answers = [example.answer for _, example in batch for _ in range(k)]
-    scored = sampler.scorer.score(texts, answers, [len(s.output_ids) for s in samples])
+    samples, texts, scored = sampler.generate_scored(requests, answers)
     records = []
     for n, (sample, text, reward) in enumerate(zip(samples, texts, scored.samples, strict=True)):
         p, example = batch[n // k]

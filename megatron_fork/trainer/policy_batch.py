@@ -133,8 +133,8 @@ def next_token_row(prompt_ids, completion_ids, seq_len: int, pad_id: int, name: 
 
 
 def moved_to(batch, device: torch.device):
-    """A copy of a micro-batch dataclass with every tensor field on ``device`` (batches are
-    built on the CPU; the model may live on a GPU)."""
+    """A copy of a dataclass (a micro-batch, a rollout slice) with every tensor field on
+    ``device`` (batches are built on the CPU; the model may live on a GPU)."""
     moved = {
         f.name: getattr(batch, f.name).to(device)
         for f in fields(batch)

@@ -116,15 +116,8 @@ class GroupSampler:
             for j, example in enumerate(examples)
             for i in range(num_samples)
         ]
-        samples = self.engine.generate(requests)
-        texts = [
-            self.tokenizer.decode(list(s.output_ids), skip_special_tokens=True) for s in samples
-        ]
-        scored = self.scorer.score(
-            texts,
-            [e.answer for e in examples for _ in range(num_samples)],
-            [len(s.output_ids) for s in samples],
-        )
+        answers = [e.answer for e in examples for _ in range(num_samples)]
+        samples, _, scored = self.generate_scored(requests, answers)
         out = []
         for j, example in enumerate(examples):
             part = slice(j * num_samples, (j + 1) * num_samples)
@@ -140,6 +133,20 @@ class GroupSampler:
                 )
             )
         return out
+
+    def generate_scored(self, requests: list[GenerationRequest], answers: list[str]):
+        """Generate ``requests``, decode each response, verify it against its answer: (samples,
+        texts, the scorer's result), in request order (the trainer's rollout and evaluation,
+        and the standalone evaluator, all score this way)."""
+        samples = self.engine.generate(requests)
+        texts = [
+            self.tokenizer.decode(list(s.output_ids), skip_special_tokens=True) for s in samples
+        ]
+        return (
+            samples,
+            texts,
+            self.scorer.score(texts, answers, [len(s.output_ids) for s in samples]),
+        )
 
 
 def _with_seed(sampling: SamplingParams, eos_id: int, seed: int) -> SamplingParams:

@@ -22,7 +22,6 @@ Wire format of one message (``HEADER`` fields, then by status):
     error: text uint8 [message length] (rank 0's exception, raised on every rank)
 """
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from functools import cached_property
@@ -116,18 +115,6 @@ class RolloutSlice:
     """Micro-batches this rank runs in each mini-batch (the same on every DP rank)."""
     trained: list[bool]
     """Per mini-batch: whether it takes an optimizer step (``StepLayout.trained``)."""
-
-    def to(self, device) -> "RolloutSlice":
-        """The slice with its tensors on ``device`` (one copy each; building micro-batches
-        reads many small values, which on a GPU would each be a host sync)."""
-        return dataclasses.replace(
-            self,
-            **{
-                f.name: value.to(device)
-                for f in dataclasses.fields(self)
-                if isinstance(value := getattr(self, f.name), torch.Tensor)
-            },
-        )
 
     def microbatch_members(self) -> list[list[list[int]]]:
         """[m][j]: positions in this slice of micro-batch ``j`` of mini-batch ``m``'s samples,

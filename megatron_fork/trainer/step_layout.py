@@ -22,6 +22,7 @@ from megatron_fork.trainer.packing import (
     packing_layout,
     plan_mini_batch,
     plan_stats,
+    round_up,
 )
 from megatron_fork.trainer.rl_config import RLConfig
 
@@ -181,7 +182,7 @@ def rl_step_layout(
         raise ValueError(f"sample {empty!r} has no prompt token: nothing predicts its first")
     positions = [len(s.prompt_ids) + len(s.output_ids) - 1 for s in samples]
     if not config.packing:
-        row = -(-max(positions) // multiple) * multiple  # train_batch.row_length
+        row = round_up(max(positions), multiple)  # train_batch.row_length of the longest
         return padded_step_layout(
             positions,
             trainable,

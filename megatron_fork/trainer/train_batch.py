@@ -97,7 +97,8 @@ def slice_mini_batches(
     that takes no optimizer step), laid out as ``rollout``'s layout says: packed sequences
     (``packing``) or rows of the step's longest sample, rounded up to ``multiple``
     (``row_multiple``)."""
-    rollout = rollout.to("cpu")  # built on the host, each micro-batch moved once
+    # Built on the host (many small reads: on a GPU each a sync), each micro-batch moved once.
+    rollout = moved_to(rollout, torch.device("cpu"))
     stride = row_length(max(rollout.step_max_tokens, 2), multiple)
     layout = packing_layout(groups.cp_size, multiple)
     out = []
