@@ -2,8 +2,8 @@
 process count against TP x PP x CP, Megatron's divisibility rules against the model's shape
 (heads, kv heads, layers; the sequence, or with packing the micro-batch's token budget, against
 2 x CP and TP with sequence parallel), the packing budget against the longest prompt + response,
-sglang's rules against the engines, and the memory plan of the most loaded GPU (made at the
-budget with packing, at the padded rows without)."""
+the engines' rules (sglang's or vLLM's, by ``rollout.backend``), and the memory plan of the most
+loaded GPU (made at the budget with packing, at the padded rows without)."""
 
 import math
 from pathlib import PurePosixPath
@@ -19,6 +19,7 @@ from megatron_fork.planning import (
     plan_memory,
 )
 from megatron_fork.trainer.train_batch import check_batch_layout, layout_row_multiple
+from recipes.colocation import check_colocated, colocated_engine_count, is_colocated
 from recipes.recipe import Recipe
 
 
@@ -55,14 +56,33 @@ def training_layout(recipe: Recipe) -> TrainingLayout:
     )
 
 
-def rollout_placement(recipe: Recipe) -> RolloutPlacement:
+VLLM_SEED_LIMIT = 2**32
+"""vLLM's ``--seed`` is in [0, 2**32) (0.34.0 ``config/model.py:220``)."""
+
+
+def engine_memory_share(recipe: Recipe) -> float:
+    """Each engine GPU's share for weights + KV cache: sglang's ``mem_fraction_static`` or
+    vLLM's ``gpu_memory_utilization`` (the planner's engine pool either way)."""
     engines = recipe.launch.engines
+    if recipe.config.rollout.backend == "vllm":
+        return engines.gpu_memory_utilization
+    return engines.mem_fraction_static
+
+
+def rollout_placement(recipe: Recipe) -> RolloutPlacement:
+    """The planner's view of the engines; its rules (engine TP divides the attention heads,
+    replicates the kv heads evenly) are sglang's and vLLM's alike (vLLM 0.34.0
+    ``model_executor/models/qwen3.py:88-98``)."""
+    engines, colocated = recipe.launch.engines, is_colocated(recipe)
+    count = colocated_engine_count(recipe) if colocated else recipe.launch.engine_count
     return RolloutPlacement(
-        colocated=False,
-        engines=max(recipe.launch.engine_count, 1),
+        colocated=colocated,
+        engines=max(count, 1),
         engine_tensor_parallel=engines.tensor_parallel,
         fp8_weights=recipe.config.rollout.fp8,
-        mem_fraction_static=engines.mem_fraction_static,
+        mem_fraction_static=engine_memory_share(recipe),
+        release_between_phases=colocated,  # handed back and forth every step
+        engine_backend=recipe.config.rollout.backend,
     )
 
 
@@ -83,7 +103,7 @@ def check_processes(recipe: Recipe) -> None:
             f"{launch.gpus_per_node} GPUs of a node"
         )
     if engines.nodes and recipe.config.rollout.engine != "server":
-        raise ValueError("engine nodes need rollout.engine=server (sglang engines)")
+        raise ValueError("engine nodes need rollout.engine=server (sglang or vLLM engines)")
     config = recipe.config
     samples = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
     if not config.packing:  # packed, the planner balances any count over the ranks
@@ -133,14 +153,32 @@ def check_budget(recipe: Recipe) -> None:
 
 
 def check_engines_exist(recipe: Recipe) -> None:
-    """A GPU recipe's rollouts need sglang engines: its own node group or ``server_urls``
-    (without either the trainer would start the project's CPU servers for a GPU model)."""
+    """A GPU recipe's rollouts need engines: its own node group or ``server_urls`` (without
+    either the trainer would start the project's CPU servers for a GPU model)."""
     rollout = recipe.config.rollout
+    if is_colocated(recipe):
+        return  # the job starts them on its own GPUs (check_colocated)
     if rollout.engine == "server" and not recipe.launch.engines.nodes and not rollout.server_urls:
         raise ValueError(
             f"{recipe.name}: rollout.engine=server needs launch.engines.nodes > 0 or "
-            "rollout.server_urls (running sglang engines)"
+            f"rollout.server_urls (running {rollout.backend} engines)"
         )
+
+
+def check_vllm_engines(recipe: Recipe) -> None:
+    """vLLM engines of the job's node group take their weights over NCCL only (vLLM's
+    weight-transfer engine is CUDA's; no gloo) and a seed in [0, 2**32), which vLLM would
+    otherwise refuse only once the job runs."""
+    config, engines = recipe.config, recipe.launch.engines
+    if config.rollout.backend != "vllm" or not engines.nodes:
+        return
+    if config.rollout.weight_backend != "nccl":
+        raise ValueError(
+            f"rollout.backend=vllm engines receive weights over NCCL only: set "
+            f"rollout.weight_backend=nccl (got {config.rollout.weight_backend!r})"
+        )
+    if not 0 <= config.seed < VLLM_SEED_LIMIT:
+        raise ValueError(f"seed={config.seed}: vLLM engines take a seed in [0, 2**32)")
 
 
 def check_fp8_edge_layers(recipe: Recipe, num_layers: int) -> None:
@@ -159,6 +197,7 @@ def check_recipe(recipe: Recipe, cluster: Cluster = H100_80GB) -> MemoryPlan | N
     check_budget(recipe)  # in the recipe's own keys, before the planner refuses it in its own
     if recipe.launch.model is None:
         check_processes(recipe)
+        check_vllm_engines(recipe)
         check_context(recipe)
         return None
     if recipe.launch.model not in QWEN3_SIZES:
@@ -166,6 +205,8 @@ def check_recipe(recipe: Recipe, cluster: Cluster = H100_80GB) -> MemoryPlan | N
     model, layout = QWEN3_SIZES[recipe.launch.model], training_layout(recipe)
     check_layout(model, layout)  # the model's own rules first: they name the real cause
     check_processes(recipe)
+    check_colocated(recipe)
+    check_vllm_engines(recipe)
     check_context(recipe)
     check_engines_exist(recipe)
     check_fp8_edge_layers(recipe, model.num_layers)

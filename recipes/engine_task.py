@@ -1,13 +1,19 @@
-"""One sglang engine per Slurm task of the engine node group:
+"""One rollout engine per Slurm task of the engine node group, sglang or vLLM as the recipe's
+``rollout.backend`` says (the trainer reads the same recipe and overrides):
 
     python -m recipes.engine_task <recipe> [section.field=value ...]
 
 Task i of a node (``SLURM_LOCALID``) serves on GPUs [i * TP, (i + 1) * TP) of the node at
-port + i (it sets its own ``CUDA_VISIBLE_DEVICES`` to them, so sglang's GPU 0 is its first), on
-every interface of the node (the trainer runs on other nodes), with dummy
-weights the trainer's first sync replaces. The engine reads config and tokenizer from the base
-model's Hugging Face files (a Megatron checkpoint's ``hf/``); sglang runs in the interpreter
-``SGLANG_PYTHON`` names (the container's sglang environment), else this one."""
+port + i (it sets its own ``CUDA_VISIBLE_DEVICES`` to them, so the engine's GPU 0 is its first),
+with dummy weights the trainer's first sync replaces. The engine reads config and tokenizer from
+the base model's Hugging Face files (a Megatron checkpoint's ``hf/``).
+
+- sglang runs in ``SGLANG_PYTHON`` (the container's sglang environment), else this interpreter,
+  on every interface of the node: its API key (``SGLANG_API_KEY``) guards every route.
+- vLLM runs in ``VLLM_PYTHON`` (the container's vLLM environment), else this interpreter, on one
+  private address (``recipes.engine_address``: ``ENGINE_BIND_INTERFACE``, or the node's
+  hostname resolved), never every interface: its API key (``VLLM_API_KEY``) guards generation
+  only, not the control routes."""
 
 import os
 import sys
@@ -19,22 +25,26 @@ from megatron_fork.rollout.sglang_launch import (
     fp8_engine_model,
     sglang_server_command,
 )
+from megatron_fork.rollout.vllm_launch import (
+    VllmEngineConfig,
+    vllm_server_command,
+    vllm_server_environment,
+)
 from megatron_fork.trainer.checkpoint import hf_metadata_dir
+from recipes.engine_address import engine_bind_address, warn_if_hostname_differs
 from recipes.recipe import Recipe
 from recipes.registry import build_recipe
 
 ENGINE_BIND_HOST = "0.0.0.0"
-"""Engines serve the trainer's nodes over the cluster network; a node's own hostname may resolve
-to a loopback or another interface than the one the trainer reaches it by. The Slurm job sets
-SGLANG_API_KEY (a key per job, or ``--api-key-file``): every caller must present it."""
+"""sglang engines serve the trainer's nodes over the cluster network; a node's own hostname may
+resolve to a loopback or another interface than the one the trainer reaches it by. The Slurm job
+sets SGLANG_API_KEY (a key per job, or ``--api-key-file``): every caller must present it."""
 
 
-def engine_config(
-    recipe: Recipe, local_id: int, host: str, scratch: Path | None = None
-) -> SglangEngineConfig:
-    """Engine ``local_id`` of this node. FP8 engines read a config with the blockwise
-    ``quantization_config``, written to ``scratch`` (node-local: a temporary directory)."""
-    engines = recipe.launch.engines
+def engine_model_path(recipe: Recipe, local_id: int, scratch: Path | None = None) -> Path:
+    """The model folder of engine ``local_id`` (either backend). FP8 engines read a config with
+    the blockwise ``quantization_config``, written to ``scratch`` (node-local: a temporary
+    directory)."""
     if not 0 <= local_id < recipe.launch.engines_per_node:
         raise SystemExit(
             f"SLURM_LOCALID={local_id}: a node runs {recipe.launch.engines_per_node} engines"
@@ -42,7 +52,17 @@ def engine_config(
     model_path = hf_metadata_dir(recipe.config.base_model)
     if recipe.config.rollout.fp8:
         scratch = scratch or Path(tempfile.gettempdir())
-        model_path = fp8_engine_model(model_path, scratch / f"fp8-engine-{engines.port + local_id}")
+        port = recipe.launch.engines.port + local_id
+        model_path = fp8_engine_model(model_path, scratch / f"fp8-engine-{port}")
+    return Path(model_path)
+
+
+def engine_config(
+    recipe: Recipe, local_id: int, host: str, scratch: Path | None = None, environ=os.environ
+) -> SglangEngineConfig:
+    """sglang engine ``local_id`` of this node."""
+    engines = recipe.launch.engines
+    model_path = engine_model_path(recipe, local_id, scratch)
     return SglangEngineConfig(
         model_path=str(model_path),
         host=host,
@@ -52,8 +72,28 @@ def engine_config(
         mem_fraction_static=engines.mem_fraction_static,
         fp8=recipe.config.rollout.fp8,
         random_seed=recipe.config.seed,
-        api_key=os.environ.get("SGLANG_API_KEY"),
-        python=os.environ.get("SGLANG_PYTHON", sys.executable),
+        api_key=environ.get("SGLANG_API_KEY"),
+        python=environ.get("SGLANG_PYTHON", sys.executable),
+    )
+
+
+def vllm_engine_config(
+    recipe: Recipe, local_id: int, host: str, environ, scratch: Path | None = None
+) -> VllmEngineConfig:
+    """vLLM engine ``local_id`` of this node, listening on ``host`` only (a private address)."""
+    engines = recipe.launch.engines
+    return VllmEngineConfig(
+        model_path=str(engine_model_path(recipe, local_id, scratch)),
+        host=host,
+        port=engines.port + local_id,
+        tp_size=engines.tensor_parallel,
+        gpu_memory_utilization=engines.gpu_memory_utilization,
+        max_model_len=recipe.launch.context_tokens,
+        fp8=recipe.config.rollout.fp8,
+        random_seed=recipe.config.seed,
+        batch_invariant=engines.batch_invariant,
+        api_key=environ.get("VLLM_API_KEY"),
+        python=environ.get("VLLM_PYTHON", sys.executable),
     )
 
 
@@ -87,16 +127,29 @@ def engine_environment(environ) -> dict[str, str]:
     return env
 
 
+def engine_launch(recipe: Recipe, local_id: int, environ) -> tuple[list[str], dict]:
+    """Command line and environment of this node's engine ``local_id``, for the recipe's
+    ``rollout.backend``, on its own GPUs."""
+    if recipe.config.rollout.backend == "vllm":
+        host = engine_bind_address(environ)
+        warn_if_hostname_differs(host)
+        config = vllm_engine_config(recipe, local_id, host, environ)
+        command, env = vllm_server_command(config), vllm_server_environment(environ, config)
+    else:
+        config = engine_config(recipe, local_id, ENGINE_BIND_HOST, environ=environ)
+        command, env = sglang_server_command(config), engine_environment(environ)
+    env["CUDA_VISIBLE_DEVICES"] = engine_gpus(recipe, local_id, environ)
+    return command, env
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         raise SystemExit("usage: python -m recipes.engine_task <recipe> [section.field=value ...]")
     recipe = build_recipe(argv[0], argv[1:])
     local_id = int(os.environ.get("SLURM_LOCALID", "0"))
-    config = engine_config(recipe, local_id, ENGINE_BIND_HOST)
-    env = engine_environment(os.environ)
-    env["CUDA_VISIBLE_DEVICES"] = engine_gpus(recipe, local_id, os.environ)
-    command = sglang_server_command(config)
+    command, env = engine_launch(recipe, local_id, os.environ)
+    print(f"engine_task: {recipe.config.rollout.backend} engine {local_id}", file=sys.stderr)
     # The Slurm task becomes the engine (signals reach it).
     os.execve(command[0], command, env)
 

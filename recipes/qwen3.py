@@ -26,7 +26,8 @@ blockwise 128x128 scaling, the scheme sglang's FP8 engines use) for the linear l
 transformer blocks except the first and last block; embeddings, norms, the output layer and
 the log-prob / entropy / loss maths stay bf16/fp32. Engines serve bf16 (``rollout.fp8=True``
 sends blockwise FP8 weights to engines serving FP8, whose config.json gets the matching
-``quantization_config``: ``recipes.engine_task``).
+``quantization_config``: ``recipes.engine_task``). ``rollout.backend=vllm`` runs vLLM engines
+instead of sglang on the same engine nodes (README "Choosing sglang or vLLM engines").
 """
 
 from megatron_fork.data.prompt_sets import DataConfig

@@ -13,15 +13,23 @@ from megatron_fork.trainer.rl_config import RLConfig
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """sglang rollout engines on their own nodes (disaggregated from the trainer)."""
+    """Rollout engines on their own nodes (disaggregated from the trainer): sglang or vLLM, as
+    ``rollout.backend`` says (the trainer and every engine task read the same recipe)."""
 
     nodes: int = 0
     """Nodes of the engines' Slurm node group; 0 = no separate engines (the in-process torch
     engine of the CPU default)."""
     tensor_parallel: int = 1
-    """GPUs per engine (sglang --tp-size)."""
+    """GPUs per engine (sglang --tp-size, vLLM --tensor-parallel-size)."""
     mem_fraction_static: float = 0.85
     """sglang's share of each GPU for weights + KV cache."""
+    gpu_memory_utilization: float = 0.85
+    """vLLM's share of each GPU (weights, activations, KV cache); the rest holds the
+    weight-transfer buffers, which vLLM does not measure."""
+    batch_invariant: bool = False
+    """vLLM only: ``VLLM_BATCH_INVARIANT=1``, outputs independent of the batch, so a step's seeds
+    replay it exactly (sglang engines always run deterministic inference). Slower; with NCCL
+    older than 2.29.7 the trainer must also set vLLM's NCCL_* pins (``vllm_launch.py``)."""
     port: int = 30000
     """The first engine of a node listens here, the next on port + 1, ..."""
 
@@ -30,6 +38,8 @@ class EngineSpec:
             raise ValueError("launch.engines.nodes must be >= 0 and tensor_parallel >= 1")
         if not 0 < self.mem_fraction_static < 1:
             raise ValueError("launch.engines.mem_fraction_static must be in (0, 1)")
+        if not 0 < self.gpu_memory_utilization < 1:
+            raise ValueError("launch.engines.gpu_memory_utilization must be in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 from recipes.qwen3 import qwen3_8b, qwen3_14b, qwen3_32b
+from recipes.qwen3_colocated import qwen3_8b_1node, qwen3_14b_2node
 from recipes.recipe import Recipe
 from recipes.tiny_qwen3_cpu import tiny_cpu
 
@@ -11,6 +12,8 @@ RECIPES: dict[str, Callable[[], Recipe]] = {
     "qwen3_8b": qwen3_8b,
     "qwen3_14b": qwen3_14b,
     "qwen3_32b": qwen3_32b,
+    "qwen3_8b_1node": qwen3_8b_1node,
+    "qwen3_14b_2node": qwen3_14b_2node,
 }
 
 

@@ -9,8 +9,9 @@ with the paper's top-20% forking-token loss raises it. Everything else is the pa
 sampling).
 """
 
+import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from megatron_fork.data.prompt_sets import TEMPLATED, DataConfig
@@ -22,7 +23,7 @@ from megatron_fork.trainer.rl_config import (
     RLConfig,
     RolloutConfig,
 )
-from megatron_fork.trainer.warm_start import WarmStartConfig, run_warm_start
+from megatron_fork.trainer.warm_start import TinyQwen3Size, WarmStartConfig, run_warm_start
 from recipes.recipe import LaunchSpec, Recipe
 
 MAX_NEW_TOKENS = 48
@@ -99,8 +100,28 @@ def _warm_start_base_model(config: RLConfig) -> None:
 TEMPLATED_MAX_NEW_TOKENS = 96
 """The templated solutions are 78 tokens with the end token (4 one-digit numbers); 96 leaves
 room to ramble within the tiny model's 128 positions (prompt: 8 tokens)."""
-TEMPLATED_WARM_START_STEPS = 420  # 300: base avg@4 0.13; 600: 0.97; 420: 0.51 (64 prompts x 4)
 TEMPLATED_WARM_START_LR = 3e-3
+
+
+@dataclass(frozen=True)
+class TemplatedModel:
+    """One model size of the templated task's study (issue 16.3) and the warm start that puts
+    its base model in the paper's regime (near-certain template, imperfect decisions)."""
+
+    size: TinyQwen3Size
+    warm_start_steps: int
+
+
+TEMPLATED_MODELS = {
+    # 300 steps: base avg@4 0.13; 600: 0.97; 420: 0.51 (64 held-out prompts x 4)
+    "0.8M": TemplatedModel(TinyQwen3Size(), warm_start_steps=420),
+    # 3.8x the parameters: twice as wide, as deep (depth costs more CPU time per parameter)
+    "3.0M": TemplatedModel(
+        TinyQwen3Size(hidden_size=256, intermediate_size=768, num_attention_heads=8),
+        warm_start_steps=420,
+    ),
+}
+TEMPLATED_WARM_START_STEPS = TEMPLATED_MODELS["0.8M"].warm_start_steps
 
 
 def templated_data() -> DataConfig:
@@ -108,23 +129,52 @@ def templated_data() -> DataConfig:
     return DataConfig(task=TEMPLATED)
 
 
-def templated_warm_start(output_dir: str | Path, seed: int = 0) -> WarmStartConfig:
+def templated_warm_start(
+    output_dir: str | Path, seed: int = 0, model: str = "0.8M"
+) -> WarmStartConfig:
     """A warm start long enough to make the template near-certain, short enough to leave the
-    decisions (comparisons, mod-10 results) imperfect."""
+    decisions (comparisons, mod-10 results) imperfect; ``model`` names a TEMPLATED_MODELS size."""
+    chosen = templated_model(model)
     return WarmStartConfig(
         output_dir=str(output_dir),
-        steps=TEMPLATED_WARM_START_STEPS,
+        steps=chosen.warm_start_steps,
         batch_size=64,
         seed=seed,
+        size=chosen.size,
         data=templated_data(),
         optimizer=OptimizerSettings(lr=TEMPLATED_WARM_START_LR, weight_decay=0.0),
     )
 
 
-def ensure_templated_base_model(output: str | Path, seed: int = 0) -> tuple[Path, float]:
-    """``output/base_model`` of the templated task, warm-started now unless one is there;
-    returns it and the seconds the warm start took (as ``ensure_base_model``)."""
-    return _ensure_warm_started(Path(output) / "base_model", templated_warm_start, seed)
+def templated_model(name: str) -> TemplatedModel:
+    if name not in TEMPLATED_MODELS:
+        raise ValueError(
+            f"unknown templated model size {name!r}; choose from {list(TEMPLATED_MODELS)}"
+        )
+    return TEMPLATED_MODELS[name]
+
+
+def ensure_templated_base_model(
+    output: str | Path, seed: int = 0, model: str = "0.8M"
+) -> tuple[Path, float]:
+    """``output/base_model`` of the templated task at size ``model``, warm-started now unless
+    one is there; returns it and the seconds the warm start took (as ``ensure_base_model``)."""
+    base = Path(output) / "base_model"
+    _refuse_other_size(base, templated_model(model).size, model)
+    return _ensure_warm_started(base, lambda out, s: templated_warm_start(out, s, model), seed)
+
+
+def _refuse_other_size(base: Path, size: TinyQwen3Size, model: str) -> None:
+    """A base model of another size in ``base`` is an error, not something to reuse."""
+    config = base / "config.json"
+    if not config.is_file():
+        return
+    found = json.loads(config.read_text())
+    if any(found.get(key) != value for key, value in vars(size).items()):
+        raise ValueError(
+            f"{base} holds a base model of another size than {model!r} "
+            f"(hidden_size {found.get('hidden_size')}); use another --output"
+        )
 
 
 def rl_templated(base_model: str | Path, output_dir: str | Path, seed: int = 0) -> RLConfig:

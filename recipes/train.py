@@ -5,29 +5,34 @@
 The recipe is rebuilt here from its name and overrides, so the launcher ships no config file.
 With engines on their own Slurm node group (``launch.engines.nodes``), their URLs come from
 ``ENGINE_NODES`` (the job's engine hosts, exported by the sbatch script) and the weight-update
-store is hosted on this node (rank 0's)."""
+store is hosted on this node (rank 0's). A colocated recipe's engines run on the training nodes:
+local rank 0 of each node starts them (``recipes.colocated_engines``)."""
 
-import dataclasses
 import os
 import socket
 import sys
 import warnings
 
-from megatron_fork.trainer.overrides import apply_overrides
+from recipes.colocated_engines import (
+    colocated_hosts,
+    start_node_engines,
+    stop_engines,
+)
+from recipes.colocation import is_colocated
+from recipes.engine_urls import with_engines
 from recipes.recipe import Recipe
 from recipes.registry import build_recipe
 
 ENGINE_NODES = "ENGINE_NODES"
 
 
-def engine_urls(recipe: Recipe, hosts: list[str]) -> list[str]:
-    """Engine i of a node listens on port + i (``recipes.engine_task``)."""
-    port = recipe.launch.engines.port
-    return [f"http://{h}:{port + i}" for h in hosts for i in range(recipe.launch.engines_per_node)]
-
-
 def with_engines_of_this_job(recipe: Recipe, environ=os.environ) -> Recipe:
-    """The recipe pointed at the job's engines (a no-op without an engine node group)."""
+    """The recipe pointed at the job's engines (a no-op without an engine node group or
+    colocated engines)."""
+    if is_colocated(recipe):
+        hosts = colocated_hosts(recipe, environ)
+        master = hosts[0] if len(hosts) == 1 else socket.gethostname()  # rank 0's node
+        return with_engines(recipe, hosts, master)
     if not recipe.launch.engines.nodes:
         return recipe
     hosts = [h for h in environ.get(ENGINE_NODES, "").split(",") if h]
@@ -36,16 +41,7 @@ def with_engines_of_this_job(recipe: Recipe, environ=os.environ) -> Recipe:
             f"{ENGINE_NODES}={environ.get(ENGINE_NODES)!r}: expected the "
             f"{recipe.launch.engines.nodes} engine hosts of this job (comma-separated)"
         )
-    urls = ",".join(repr(u) for u in engine_urls(recipe, hosts))
-    config = apply_overrides(
-        recipe.config,
-        [
-            f"rollout.server_urls=({urls},)",
-            f"rollout.server_tp_size={recipe.launch.engines.tensor_parallel}",
-            f"rollout.master_address={socket.gethostname()}",
-        ],
-    )
-    return dataclasses.replace(recipe, config=config)
+    return with_engines(recipe, hosts, socket.gethostname())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     recipe = with_engines_of_this_job(build_recipe(argv[0], argv[1:]))
     from megatron_fork.trainer.rl_loop import run_rl
 
-    run_rl(recipe.config)
+    engines = start_node_engines(recipe)  # colocated: this node's, before the model is built
+    try:
+        run_rl(recipe.config)
+    finally:
+        stop_engines(engines)
 
 
 if __name__ == "__main__":

@@ -156,3 +156,31 @@ def test_what_runs_in_the_image_is_pinned_or_the_base_images():
         for module in set(third_party_imports(entry)) - BASE_IMAGE_MODULES:
             dists = {d.lower().replace("_", "-") for d in owners.get(module, [])}
             assert dists & pins, f"{entry} imports {module} ({dists}): not in container.txt"
+
+
+def test_vllm_is_pinned_to_the_release_the_launcher_speaks_in_its_own_environment():
+    from megatron_fork.rollout.vllm_launch import VLLM_VERSION
+
+    assert _arg("VLLM_VERSION") == VLLM_VERSION
+    run = _instructions()[_index("RUN", "/opt/vllm/bin/pip install")][1]
+    assert "python -m virtualenv /opt/vllm" in run  # the image's Python, its own environment
+    assert '"vllm==${VLLM_VERSION}"' in run and "--only-binary=:all:" in run
+    assert run.index("/opt/vllm/bin/pip check") > run.index("/opt/vllm/bin/pip install")
+    assert re.search(r"^\s*VLLM_PYTHON=/opt/vllm/bin/python\b", DOCKERFILE, re.MULTILINE)
+
+
+def test_vllm_loads_the_same_nccl_as_the_trainer_and_sglang():
+    def env(name: str) -> str:
+        return re.search(rf"^\s*{name}=(\S+?)\s*\\?$", DOCKERFILE, re.MULTILINE).group(1)
+
+    assert env("VLLM_NCCL_SO_PATH") == env("SGLANG_NCCL_LIBRARY")
+    link = _instructions()[_index("RUN", "nccl_library.py")][1]
+    assert 'test -f "${VLLM_NCCL_SO_PATH}"' in link
+
+
+def test_vllm_environment_is_built_before_anything_the_trainer_edits_is_copied():
+    vllm = _index("RUN", "/opt/vllm/bin/pip install")
+    copies_above = [a for k, a in _instructions()[:vllm] if k in ("COPY", "ADD")]
+    assert copies_above == ["requirements/sglang.txt /tmp/sglang-constraints.txt"]
+    assert _index("RUN", "/opt/sglang/bin/pip install") < vllm
+    assert vllm < _index("COPY", "requirements/container.txt")

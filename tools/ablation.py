@@ -5,10 +5,14 @@ Prints mean +- std of the final held-out accuracy per arm and writes ``ablation.
 ``ablation.png``.
 
     python tools/ablation.py [--output runs/ablation] [--seeds 0 1 2] [--sweep strategy|rho]
-                             [--task fold|templated] [--set steps=40 ...]
+                             [--task fold|templated] [--model 0.8M|3.0M] [--set steps=40 ...]
+                             [--arms "top 20%" "all tokens"]
 
 ``--task templated``: the task in the paper's regime (``DataConfig(task="templated")``, its own
 base model and recipe, ``recipes/tiny_qwen3_cpu.rl_templated``); use another ``--output``.
+``--model`` (templated task only): the base model's size (``TEMPLATED_MODELS``), each size in
+its own ``--output``. The strategy sweep writes ``ablation.json``/``.png``, the rho sweep
+``ablation_rho.json``/``.png``; the two sweeps share the top-20% runs.
 
 Each (arm, seed) run is its own folder; a finished one with the same settings is not rerun, so
 an interrupted ablation continues where it stopped.
@@ -55,8 +59,21 @@ def parse_args():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sweep", choices=sorted(ARMS), default="strategy")
     parser.add_argument("--task", choices=sorted(TASKS), default="fold")
+    parser.add_argument("--model", default="0.8M", help="templated task: TEMPLATED_MODELS size")
+    parser.add_argument(
+        "--arms", nargs="+", default=None, help='a part of the sweep, e.g. "top 20%%" "all tokens"'
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     return parser.parse_args()
+
+
+def chosen_arms(sweep: str, names: list[str] | None) -> dict:
+    """The sweep's arms, or the ones named (in the sweep's order)."""
+    arms = ARMS[sweep]
+    unknown = sorted(set(names or ()) - set(arms))
+    if unknown:
+        raise SystemExit(f"--arms {unknown}: the {sweep} sweep has {list(arms)}")
+    return {arm: value for arm, value in arms.items() if names is None or arm in names}
 
 
 def run_arm(base: Path, run_dir: Path, seed: int, overrides: list[str], task: str = "fold") -> dict:
@@ -121,11 +138,18 @@ def main() -> None:
     args = parse_args()
     from recipes import tiny_qwen3_cpu
 
+    arms = chosen_arms(args.sweep, args.arms)  # refused before anything runs
     output = Path(args.output)
-    base, _ = getattr(tiny_qwen3_cpu, TASKS[args.task][0])(output, seed=0)
+    build_base = getattr(tiny_qwen3_cpu, TASKS[args.task][0])
+    if args.task == "templated":
+        base, _ = build_base(output, seed=0, model=args.model)
+    elif args.model != "0.8M":
+        raise SystemExit("--model: the fold task has one model size (0.8M)")
+    else:
+        base, _ = build_base(output, seed=0)
     start = time.perf_counter()
     results = {}
-    for arm, arm_overrides in ARMS[args.sweep].items():
+    for arm, arm_overrides in arms.items():
         results[arm] = []
         for seed in args.seeds:
             run_dir = output / arm.replace(" ", "_").replace("%", "pct") / f"seed{seed}"
@@ -147,15 +171,22 @@ def main() -> None:
         }
         for arm, runs in results.items()
     }
-    report = {"sweep": args.sweep, "arms": table, "wall_seconds": time.perf_counter() - start}
-    (output / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, output / "ablation.png")
+    report = {
+        "sweep": args.sweep,
+        "task": args.task,
+        "model": args.model,
+        "arms": table,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    stem = "ablation" if args.sweep == "strategy" else f"ablation_{args.sweep}"
+    (output / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, output / f"{stem}.png")
     print(f"\n{'arm':<12} {'base':>7} {'final (mean +- std)':>22}")
     for arm, row in table.items():
         print(
             f"{arm:<12} {row['base_mean']:7.3f} {row['final_mean']:12.3f} +- {row['final_std']:.3f}"
         )
-    print(f"wall {report['wall_seconds']:.0f} s; report in {output}/ablation.json and .png")
+    print(f"wall {report['wall_seconds']:.0f} s; report in {output}/{stem}.json and .png")
 
 
 if __name__ == "__main__":

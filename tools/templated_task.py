@@ -2,6 +2,7 @@
 
 Usage:
   .venv/bin/python tools/templated_task.py --output runs/templated [--prompts 64] [--sweep-k 4]
+                                           [--model 0.8M|3.0M]
 
 Warm-starts ``output/base_model`` on the templated task (``recipes.tiny_qwen3_cpu.
 ensure_templated_base_model``; reused when there), writes its held-out prompts as an AIME-style
@@ -86,12 +87,13 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=64, help="held-out prompts sampled and scored")
     p.add_argument("--sweep-k", type=int, default=4, help="samples per prompt of avg@k")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="0.8M", help="a size of tiny_qwen3_cpu.TEMPLATED_MODELS")
     args = p.parse_args()
     from megatron_fork.analysis.entropy_statistics import PAPER_BELOW_001, PAPER_P80
     from recipes.tiny_qwen3_cpu import ensure_templated_base_model, templated_data
 
     output = Path(args.output)
-    base, seconds = ensure_templated_base_model(output, args.seed)
+    base, seconds = ensure_templated_base_model(output, args.seed, args.model)
     print(f"base model {base} (warm start {seconds:.0f} s)")
     prompts = write_heldout(output / "heldout.jsonl", templated_data())
     report = output / "entropy_report"

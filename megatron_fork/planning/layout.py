@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from megatron_fork.planning.sizes import ModelSize
 
 RECOMPUTE = ("none", "selective", "full")
+TRAINER_OFFLOAD = ("all", "optimizer", "none")
+"""What a colocated trainer moves off the GPU while the engines generate (``colocation.py``)."""
+ENGINE_BACKENDS = ("sglang", "vllm")
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mlp")
 """Megatron-Core's ``recompute_modules`` that matter for a dense Qwen3 block."""
 
@@ -138,6 +141,13 @@ class RolloutPlacement:
     release_between_phases: bool = False
     """Colocated only: engines release their memory while the trainer runs (sglang's
     release_memory_occupation) and the trainer frees/offloads its state while they generate."""
+    trainer_offload: str = "all"
+    """Colocated with release: what the trainer moves to host memory while the engines generate
+    (``colocation.TRAINER_OFFLOAD``): "all" (bf16 weights and optimizer state to host, gradient
+    buffers freed: slime's, verl's and NeMo-RL's default), "optimizer" (the bf16 weights stay,
+    gradients freed, optimizer state to host) or "none" (everything stays)."""
+    engine_backend: str = "sglang"
+    """"sglang" or "vllm": what a released engine still holds (``colocation``)."""
 
     def __post_init__(self):
         _positive(
@@ -145,6 +155,10 @@ class RolloutPlacement:
             engines=self.engines,
             engine_tensor_parallel=self.engine_tensor_parallel,
         )
+        if self.trainer_offload not in TRAINER_OFFLOAD:
+            raise ValueError(f"RolloutPlacement.trainer_offload must be one of {TRAINER_OFFLOAD}")
+        if self.engine_backend not in ENGINE_BACKENDS:
+            raise ValueError(f"RolloutPlacement.engine_backend must be one of {ENGINE_BACKENDS}")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError(
                 f"RolloutPlacement.mem_fraction_static must be in (0, 1), got "
@@ -181,10 +195,13 @@ class Cluster:
     """HBM bandwidth, TB/s."""
     reserved_gib: float
     """Memory the plan cannot use: CUDA context, NCCL buffers, allocator fragmentation, GiB."""
+    host_gbps: float = 64.0
+    """GPU <-> host memory bandwidth per GPU, GB/s, one direction: PCIe Gen5 x16 on H100 SXM
+    (what a colocated trainer's offload and reload cross)."""
 
     def __post_init__(self):
         _positive("Cluster", nodes=self.nodes, gpus_per_node=self.gpus_per_node)
-        positive = ("gpu_memory_gib", "intra_node_gbps", "inter_node_gbps")
+        positive = ("gpu_memory_gib", "intra_node_gbps", "inter_node_gbps", "host_gbps")
         for name in positive + ("peak_bf16_tflops", "hbm_tbps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Cluster.{name} must be > 0, got {getattr(self, name)}")

@@ -26,8 +26,10 @@ Rollout engines (sglang): weights / engine TP (fp8: linear weights 1 byte + one 
 128 x 128 block; embeddings, norms, output layer bf16) and a KV cache filling the rest of
 ``mem_fraction_static`` of the GPU: 2 * L * kv_heads * head_dim * 2 bytes per token (bf16).
 Colocated engines without release add that pool to the training peak; with release the peak
-is the larger of the two phases. Everything is an estimate: allocator behaviour, NCCL and
-kernel workspaces are covered only by ``Cluster.reserved_gib``.
+is the largest of the step's phases (training, weight sync, rollout: ``colocation.py``, which
+also says what the trainer keeps during rollout and what released engines keep). Everything
+is an estimate: allocator behaviour, NCCL and kernel workspaces are covered only by
+``Cluster.reserved_gib``.
 """
 
 import dataclasses
@@ -35,6 +37,13 @@ import math
 from dataclasses import dataclass, field
 
 from megatron_fork.planning.activations import layer_bytes_per_token, qwen3_block
+from megatron_fork.planning.colocation import (
+    FP8_COPIES,
+    GRADIENTS,
+    OPTIMIZER,
+    WEIGHTS,
+    phase_breakdowns,
+)
 from megatron_fork.planning.layout import (
     Cluster,
     RolloutPlacement,
@@ -95,10 +104,18 @@ class MemoryPlan:
     """Assumptions worth reading next to the numbers."""
     layout: TrainingLayout | None = None
     """The layout planned (for the advice of ``require_fit``)."""
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Colocated with release: each phase's bytes on a GPU (``colocation.phase_breakdowns``)."""
+    trainer_offload: str = "all"
+    """Colocated with release: what the trainer moves to host while the engines generate."""
 
     @property
     def training_total(self) -> int:
         return sum(self.breakdown.values())
+
+    @property
+    def phase_totals(self) -> dict[str, int]:
+        return {name: sum(parts.values()) for name, parts in self.phases.items()}
 
     @property
     def total(self) -> int:
@@ -107,7 +124,7 @@ class MemoryPlan:
             return self.training_total
         if self.concurrent:
             return self.training_total + self.engine.pool
-        return max(self.training_total, self.engine.pool)
+        return max(self.phase_totals.values())
 
     @property
     def fits(self) -> bool:
@@ -137,6 +154,7 @@ class MemoryPlan:
             "colocated": self.colocated,
             "concurrent": self.concurrent,
             "engine": engine,
+            "phases": {name: dict(parts) for name, parts in self.phases.items()},
             "notes": list(self.notes),
         }
 
@@ -170,13 +188,9 @@ def _local_parameters(model: ModelSize, layout: TrainingLayout, first: bool, las
 def _state_bytes(model, layout, first, last) -> dict[str, float]:
     params, linear = _local_parameters(model, layout, first, last)
     shards = layout.data_parallel * layout.context_parallel if layout.distributed_optimizer else 1
-    state = {
-        "weights (bf16)": 2 * params,
-        "gradients (fp32 main grads)": 4 * params,
-        "optimizer (fp32 master, Adam m, v)": 12 * params / shards,
-    }
+    state = {WEIGHTS: 2 * params, GRADIENTS: 4 * params, OPTIMIZER: 12 * params / shards}
     if layout.fp8:
-        state["fp8 weight copies (TE, + transpose)"] = 2 * linear
+        state[FP8_COPIES] = 2 * linear
     return state
 
 
@@ -272,6 +286,13 @@ def plan_memory(
         notes.append(f"padded rows: {layout.micro_batch_size} x {layout.sequence_length} tokens")
     if p > 1:
         notes.append(f"1F1B: {p} micro-batches in flight on the first stage (>= {p} per step)")
+    released = rollout.colocated and rollout.release_between_phases
+    phases = phase_breakdowns(stages[stage], engine.breakdown, rollout) if released else {}
+    if released:
+        notes.append(
+            f"colocated: trainer_offload={rollout.trainer_offload!r}, released "
+            f"{rollout.engine_backend} engines and the offloaded trainer keep fixed residues"
+        )
     return MemoryPlan(
         breakdown=stages[stage],
         capacity=cluster.usable_bytes,
@@ -281,6 +302,8 @@ def plan_memory(
         concurrent=rollout.colocated and not rollout.release_between_phases,
         notes=tuple(notes),
         layout=layout,
+        phases=phases,
+        trainer_offload=rollout.trainer_offload,
     )
 
 

@@ -18,9 +18,9 @@ def memory_table(plan) -> str:
     lines += _rows(plan.breakdown)
     lines.append(f"  {'training phase total':<{_WIDTH}}{gib(plan.training_total)}")
     engine = plan.engine
-    if plan.colocated:
-        how = "alongside training" if plan.concurrent else "released during training"
-        lines.append(f"  {'rollout engine pool (' + how + ')':<{_WIDTH}}{gib(engine.pool)}")
+    if plan.colocated and plan.concurrent:
+        lines.append(f"  {'rollout engine pool (alongside training)':<{_WIDTH}}{gib(engine.pool)}")
+    lines += _phase_rows(plan)
     verdict = "fits" if plan.total <= plan.capacity else "DOES NOT FIT"
     lines.append(
         f"  {'peak':<{_WIDTH}}{gib(plan.total)}  of {plan.capacity / GIB:.2f} usable: "
@@ -37,10 +37,44 @@ def memory_table(plan) -> str:
     return "\n".join(lines)
 
 
+def _phase_rows(plan) -> list[str]:
+    """Colocated with release: each phase of the step on one GPU, the peak one marked."""
+    if not plan.phases:
+        return []
+    lines = [f"Colocated step, phase by phase (trainer_offload={plan.trainer_offload!r}):"]
+    for name, parts in plan.phases.items():
+        lines.append(f"  {name} phase:")
+        shown = {k: v for k, v in parts.items() if k not in plan.breakdown}
+        if len(shown) < len(parts):
+            lines.append(f"    {'the training rows above':<{_WIDTH - 2}}{gib(plan.training_total)}")
+        lines += [f"    {part:<{_WIDTH - 2}}{gib(value)}" for part, value in shown.items()]
+        total = sum(parts.values())
+        over = "  DOES NOT FIT" if total > plan.capacity else ""
+        lines.append(f"    {name + ' phase total':<{_WIDTH - 2}}{gib(total)}{over}")
+    return lines
+
+
+def _colocated_advice(plan) -> list[str]:
+    """What shrinks the colocated phases that do not fit (training's own levers follow)."""
+    totals, advice = plan.phase_totals, []
+    if totals.get("rollout", 0) > plan.capacity:
+        if plan.trainer_offload != "all":
+            advice.append("trainer_offload='all' (the trainer's weights to host during rollout)")
+        advice.append(
+            f"a lower mem_fraction_static (the engine pool is {plan.engine.pool / GIB:.1f} GiB)"
+        )
+    if totals.get("weight sync", 0) > plan.capacity:
+        advice.append("engine_tensor_parallel above its value (fewer engine weights per GPU)")
+    return advice
+
+
 def suggestions(plan) -> list[str]:
     """What would shrink the plan, biggest lever first. ``plan``: a MemoryPlan."""
     layout, advice = plan.layout, []
-    if plan.total > plan.capacity:
+    if plan.phases:
+        advice += _colocated_advice(plan)
+    training_peak = plan.phase_totals["training"] if plan.phases else plan.total
+    if training_peak > plan.capacity:
         if layout.packing and layout.max_tokens_per_microbatch > layout.sequence_length:
             advice.append(
                 f"max_tokens_per_microbatch below {layout.max_tokens_per_microbatch} (at least "

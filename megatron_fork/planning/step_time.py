@@ -21,7 +21,11 @@ after another (on-policy, synchronous; no overlap of rollout and training is mod
   ``compare_packing`` gives both, for the same samples.
 - Weight sync: the engine-format model (bf16 or fp8) at ``Efficiency.link_efficiency`` of the
   link: InfiniBand per GPU (disaggregated: the trainer's rank 0 broadcasts) or NVLink
-  (colocated, CUDA IPC).
+  (colocated, CUDA IPC on the node: no network hop).
+- Colocated with release (``colocation.py``): rollout runs on every training GPU (one engine
+  per ``engine_tensor_parallel`` of them), and each step adds the trainer's offload + reload
+  (``trainer_offload``'s state over PCIe, twice, at ``Efficiency.link_efficiency`` of
+  ``Cluster.host_gbps``) and the engines' release + resume calls (``ENGINE_RELEASE_RESUME_S``).
 """
 
 import dataclasses
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 
 from megatron_fork.planning.activations import qwen3_block
 from megatron_fork.planning.batch_cost import mini_batch_cost, response_lengths
+from megatron_fork.planning.colocation import ENGINE_RELEASE_RESUME_S, host_transfer_seconds
 from megatron_fork.planning.flops import forward_flops, packed_forward_flops, training_flops
 from megatron_fork.planning.layout import Cluster, RolloutPlacement, TrainingLayout
 from megatron_fork.planning.memory import engine_weight_bytes, plan_memory
@@ -241,6 +246,11 @@ def estimate_step_time(
         **training,
         "weight sync": sync_bytes / (link * 1e9 * efficiency.link_efficiency),
     }
+    if rollout.colocated and rollout.release_between_phases:
+        phases["trainer offload + reload (host)"] = host_transfer_seconds(
+            plan.breakdown, rollout.trainer_offload, cluster, efficiency.link_efficiency
+        )
+        phases["engine release + resume"] = ENGINE_RELEASE_RESUME_S
     notes = (
         f"mfu={efficiency.mfu}, hbm_efficiency={efficiency.hbm_efficiency}, "
         f"link_efficiency={efficiency.link_efficiency} (assumed)",

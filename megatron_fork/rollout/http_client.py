@@ -2,6 +2,7 @@
 HTTP with timeouts, each endpoint a method. Errors say which server and which endpoint."""
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -88,6 +89,24 @@ class ServerClient:
 
     def flush_cache(self) -> None:
         self.call("/flush_cache", {})
+
+    def prepare_for_update(self, flush_timeout_s: float = 60.0) -> None:
+        """Paused (abort) and caches flushed, before a weight update. sglang answers 400 to a
+        flush while aborted requests still drain: it is asked again until ``flush_timeout_s``."""
+        self.pause("abort")
+        deadline = time.monotonic() + flush_timeout_s
+        while True:
+            try:
+                self.flush_cache()
+                return
+            except ServerError as error:
+                if error.status != 400 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def commit_version(self, version: int) -> None:
+        """After every bucket of a sync: the server's weights become ``version``."""
+        self.call("/update_weight_version", {"new_version": str(version)})
 
     def init_weights_update_group(self, init: InitWeightsUpdateGroup) -> dict:
         return self._succeeded("/init_weights_update_group", init.body())

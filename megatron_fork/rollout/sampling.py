@@ -33,12 +33,18 @@ def position_temperature(logits: torch.Tensor, params: SamplingParams) -> float:
 
 
 def next_token(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    processed_logprobs: bool = False,
 ) -> tuple[int, float]:
     """(token id, log softmax(logits / T)[token]) for one position's fp32 logits [V].
 
     The log-prob is of the temperature-scaled distribution before truncation (sglang's default),
     i.e. what the trainer computes; greedy decoding reports T = 1 log-probs.
+    ``processed_logprobs``: of the distribution actually sampled from instead, softmax(logits /
+    T) renormalised over the tokens top-k/top-p keep (vLLM's ``--logprobs-mode
+    processed_logprobs``); the same value when nothing is truncated.
     """
     logits = logits.float()
     temperature = position_temperature(logits, params)
@@ -48,4 +54,6 @@ def next_token(
     log_probs = torch.log_softmax(logits / temperature, dim=-1)
     probs = _truncate(log_probs.exp(), params.top_k, params.top_p)
     token = int(torch.multinomial(probs, 1, generator=generator))
+    if processed_logprobs and (params.top_k > 0 or params.top_p < 1.0):
+        return token, float(log_probs[token] - torch.log(probs.sum()))
     return token, float(log_probs[token])

@@ -19,16 +19,17 @@ server here): requests spread over the servers; the controller's side of a weigh
   held in one process, e.g. tests and ``tools/bench_weight_sync.py``).
 """
 
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from megatron_fork.rollout.http_client import ServerClient, ServerError
+from megatron_fork.rollout.http_client import ServerError
+from megatron_fork.rollout.server_kinds import SERVERS
 from megatron_fork.rollout.server_sync import on_every_server
 from megatron_fork.rollout.stage_sender import StageSender, SyncPlan
 from megatron_fork.rollout.types import GenerationRequest, Sample
+from megatron_fork.rollout.vllm_protocol import DEFAULT_PACKED_BUFFER_BYTES
 
 MAX_ATTEMPTS = 4
 """Times a request is sent before the batch fails (server failures and aborts)."""
@@ -56,6 +57,8 @@ class ServerRolloutEngine:
         flattened_buckets: bool = False,
         tp_sizes: list[int] | None = None,
         api_key: str | None = None,
+        protocol: str = "sglang",
+        packed_buffer_bytes: int = DEFAULT_PACKED_BUFFER_BYTES,
     ):
         """``pool`` (a ``ServerPool``) restarts servers that are down; without one a down
         server is only resynced. Servers must start at weight ``version``. ``fp8_block``: send
@@ -63,9 +66,15 @@ class ServerRolloutEngine:
         ``flattened_buckets``: one uint8 broadcast per bucket (sglang's ``flattened_bucket``).
         ``tp_sizes``: each engine's TP size (its ranks in the weight-update group; default 1).
         ``master_address``: where ``update_weights``' own sender hosts its group's store
-        (``StageSender``); stage leaders of a distributed sync use their own."""
+        (``StageSender``); stage leaders of a distributed sync use their own. ``protocol``:
+        what the servers speak, "sglang" or "vllm" (``stage_sender.SERVERS``);
+        ``packed_buffer_bytes``: vLLM's packed chunk size (at least the weight bucket)."""
+        if protocol not in SERVERS:
+            raise ValueError(f"rollout servers speak {sorted(SERVERS)}, not {protocol!r}")
+        self.protocol, self.packed_buffer_bytes = protocol, packed_buffer_bytes
         self.fp8_block, self.flattened_buckets = fp8_block, flattened_buckets
-        self.clients = [ServerClient(url, request_timeout_s, api_key) for url in urls]
+        client = SERVERS[protocol].client
+        self.clients = [client(url, request_timeout_s, api_key) for url in urls]
         self.pool, self.backend, self.api_key = pool, backend, api_key
         self.request_timeout_s = request_timeout_s
         self.tp_sizes = list(tp_sizes or [1] * len(urls))
@@ -119,7 +128,8 @@ class ServerRolloutEngine:
         return retry
 
     def _accept(self, server: int, chunk: list[int], samples: list[Sample], results) -> list:
-        if any(s.weight_version != self._version for s in samples):
+        finished = [s for s in samples if s.finish_reason.kind != "abort"]  # aborts are resent
+        if any(s.weight_version != self._version for s in finished):
             self._state[server] = RESYNC  # never train on another policy's samples
             return list(chunk)
         retry = []
@@ -133,13 +143,13 @@ class ServerRolloutEngine:
     def begin_sync(self) -> SyncPlan:
         """The controller's first step of a sync (rank 0, before any stage sends): servers
         that are down are restarted (when a pool supervises them), generation is paused (abort)
-        and caches flushed; the plan every stage's sender follows. A failure abandons the sync."""
+        and caches flushed (vLLM: and a weight-update session opened); the plan every stage's
+        sender follows. A failure abandons the sync."""
         try:
             if self._restart_down_servers():
                 self._epoch += 1  # the group's members changed: every sender forms it anew
             for client in self.clients:
-                client.pause("abort")
-                self._flush(client)
+                client.prepare_for_update()
         except BaseException:
             self.abandon_sync()
             raise
@@ -153,18 +163,19 @@ class ServerRolloutEngine:
             flattened_buckets=self.flattened_buckets,
             request_timeout_s=self.request_timeout_s,
             api_key=self.api_key,
+            protocol=self.protocol,
+            packed_buffer_bytes=self.packed_buffer_bytes,
         )
 
     def finish_sync(self, version: int) -> None:
-        """The controller's last step, once every stage's last bucket is in: the version
-        (``/update_weight_version``) on every server, then generation continues and every server
-        must report that version. A failure abandons the sync."""
+        """The controller's last step, once every stage's last bucket is in: the version on
+        every server (sglang: ``/update_weight_version``; vLLM: ``/finish_weight_update``),
+        then generation continues and every server must report that version. A failure
+        abandons the sync."""
         try:
             on_every_server(
                 self.clients,
-                lambda i, client: client.call(
-                    "/update_weight_version", {"new_version": str(version)}
-                ),
+                lambda i, client: client.commit_version(version),
                 during=lambda: None,
             )
             self._version, self._syncing = version, False
@@ -204,6 +215,8 @@ class ServerRolloutEngine:
                 self._sender.begin(self.begin_sync())
             if bucket:
                 self._sender.send(bucket)
+            if version is not None:
+                self._sender.finish()
         except BaseException:
             self._sender.abandon()
             if self._syncing:
@@ -219,22 +232,10 @@ class ServerRolloutEngine:
         for index in down:
             url = self.pool.restart(index)
             old = self.clients[index]
-            self.clients[index] = ServerClient(url, old.timeout_s, old.api_key)
+            self.clients[index] = SERVERS[self.protocol].client(url, old.timeout_s, old.api_key)
             self._state[index] = RESYNC
             self.counters["servers_restarted"] += 1
         return bool(down)
-
-    @staticmethod
-    def _flush(client: ServerClient, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                client.flush_cache()
-                return
-            except ServerError as error:
-                if error.status != 400 or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
     def close(self) -> None:
         self._sender.close()

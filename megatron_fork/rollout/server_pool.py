@@ -54,8 +54,12 @@ class ServerPool:
         commands: Sequence[list[str]],
         startup_timeout_s: float = 300.0,
         urls: Sequence[str | None] | None = None,
+        client=ServerClient,
     ):
-        """``urls``: each server's URL when its command fixes it (sglang), else None."""
+        """``urls``: each server's URL when its command fixes it (sglang), else None.
+        ``client``: the client class of what the servers speak (``ServerClient`` for sglang,
+        ``vllm_client.VllmClient``), whose ``healthy`` tells a started server ready."""
+        self.client = client
         urls = list(urls) if urls is not None else [None] * len(commands)
         self.servers = [ServerProcess(list(c), u) for c, u in zip(commands, urls, strict=True)]
         self.startup_timeout_s = startup_timeout_s
@@ -125,7 +129,7 @@ class ServerPool:
                     f"rollout server {index} exited with {server.process.returncode} while "
                     "starting:\n" + "\n".join(server.log[-20:])
                 )
-            if server.url and ServerClient(server.url).healthy(timeout_s=10.0):
+            if server.url and self.client(server.url).healthy(timeout_s=10.0):
                 return
             time.sleep(0.1)
         self._stop(index)
@@ -143,18 +147,23 @@ class ServerPool:
 
 
 def wait_until_healthy(
-    urls: Sequence[str], timeout_s: float, api_key: str | None = None, poll_s: float = 2.0
+    urls: Sequence[str],
+    timeout_s: float,
+    api_key: str | None = None,
+    poll_s: float = 2.0,
+    client=ServerClient,
 ) -> None:
     """Block until every server at ``urls`` answers ``/health_generate``: engines started
     beside the trainer (sglang on a Slurm node group) load for minutes, and the first weight
     sync must not race them. A server that is up (``/model_info`` answers) but cannot generate
     may have been left paused by a trainer that died mid-sync (sglang's health probe waits on
     the pause): it is resumed; the first sync replaces its weights before anything is
-    generated. TimeoutError names the servers that never answered."""
+    generated. TimeoutError names the servers that never answered. ``client``: as
+    ``ServerPool``'s (a vLLM engine's ``/health`` answers while paused: nothing to resume)."""
     waiting = list(urls)
     deadline = time.monotonic() + timeout_s
     while waiting:
-        waiting = [u for u in waiting if not _ready(ServerClient(u, api_key=api_key), poll_s)]
+        waiting = [u for u in waiting if not _ready(client(u, api_key=api_key), poll_s)]
         if waiting and time.monotonic() >= deadline:
             raise TimeoutError(
                 f"rollout servers not healthy after {timeout_s:.0f} s: {', '.join(waiting)} "

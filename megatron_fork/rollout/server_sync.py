@@ -1,15 +1,28 @@
 """One trainer process's side of a weight update on several servers at once: every server gets
 its HTTP call without waiting (each blocks in the collective), the trainer takes part in the
 collective here, and the first failure on any side is raised at once, not after the others time
-out. Used by each pipeline stage's sender (``stage_sender.py``) for its own group."""
+out. Used by each pipeline stage's sender (``stage_sender.py``) for its own group; the sglang
+routes of it are ``SglangServers`` (vLLM's: ``vllm_sync.VllmServers``)."""
 
 import threading
 import uuid
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
+import torch
+
+from megatron_fork.rollout.flattened_bucket import flatten_bucket
 from megatron_fork.rollout.http_client import ServerClient, ServerError
-from megatron_fork.rollout.sglang_protocol import DEFAULT_GROUP_NAME, InitWeightsUpdateGroup
-from megatron_fork.rollout.weight_group import WeightGroup, join_weight_group, master_store
+from megatron_fork.rollout.sglang_protocol import (
+    DEFAULT_GROUP_NAME,
+    InitWeightsUpdateGroup,
+    UpdateWeightsFromDistributed,
+)
+from megatron_fork.rollout.weight_group import (
+    WeightGroup,
+    dtype_name,
+    join_weight_group,
+    master_store,
+)
 
 
 def _in_daemon_thread(function) -> Future:
@@ -94,3 +107,48 @@ def release_group_on_servers(clients: list[ServerClient], name: str, timeout_s: 
 
     with ThreadPoolExecutor(max(1, len(clients))) as pool:
         list(pool.map(release, clients))
+
+
+class SglangServers:
+    """A stage sender's weight routes on sglang servers: named groups (one per sender, side by
+    side on a server), ``/update_weights_from_distributed`` per bucket, a group dropped by
+    name (``/destroy_weights_update_group``)."""
+
+    name = "sglang"
+    client = ServerClient
+
+    def form_group(self, clients, tp_sizes, address: str, plan, prefix: str) -> WeightGroup:
+        return form_weight_group(clients, list(tp_sizes), address, plan.backend, prefix)
+
+    def send(self, clients, group: WeightGroup, bucket: list[tuple[str, torch.Tensor]], plan):
+        update = UpdateWeightsFromDistributed(
+            names=tuple(name for name, _ in bucket),
+            dtypes=tuple(dtype_name(t.dtype) for _, t in bucket),
+            shapes=tuple(tuple(t.shape) for _, t in bucket),
+            group_name=group.name,
+            load_format="flattened_bucket" if plan.flattened_buckets else None,
+        )
+        wire = [flatten_bucket(bucket)] if plan.flattened_buckets else [t for _, t in bucket]
+        on_every_server(
+            clients,
+            lambda i, client: client.update_weights_from_distributed(update),
+            during=lambda: group.broadcast(wire),
+        )
+
+    def begin_stage(self, clients) -> None:
+        """Nothing: sglang has no weight-update session (generation is paused)."""
+
+    def end_stage(self, clients, group: WeightGroup, sole_sender: bool, timeout_s: float):
+        """Nothing: a sender's named group stays beside the others'; False (not released)."""
+        return False
+
+    def release_stale(self, clients, group_name: str, timeout_s: float) -> None:
+        release_group_on_servers(clients, group_name, timeout_s)
+
+    def release_with(self, clients, group: WeightGroup, timeout_s: float) -> None:
+        """The group left here and on every server together (the end of a run)."""
+
+        def release(i, client):
+            client.call("/destroy_weights_update_group", {"group_name": group.name}, timeout_s)
+
+        on_every_server(clients, release, during=group.destroy, timeout_s=timeout_s)

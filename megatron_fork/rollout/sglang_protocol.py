@@ -177,11 +177,7 @@ def _sample(out: dict, request: GenerationRequest) -> Sample:
         raise ProtocolError(f"malformed /generate output ({error!r}): {str(out)[:200]}") from error
     if kind not in ("stop", "length", "abort"):
         raise ProtocolError(f"request {request.request_id!r}: unknown finish_reason {finish}")
-    if kind == "abort":
-        kept = _agreeing_prefix(pairs, output_ids)
-        output_ids, pairs = output_ids[:kept], pairs[:kept]
-    elif tuple(t for _, t in pairs) != output_ids:
-        raise ProtocolError(f"request {request.request_id!r}: logprob ids differ from output_ids")
+    output_ids, pairs = trusted_tokens(kind, pairs, output_ids, request.request_id)
     matched = finish.get("matched") if kind == "stop" else None
     return Sample(
         request_id=request.request_id,
@@ -193,7 +189,18 @@ def _sample(out: dict, request: GenerationRequest) -> Sample:
     )
 
 
-def _agreeing_prefix(pairs: tuple, output_ids: tuple) -> int:
+def trusted_tokens(kind: str, pairs: tuple, output_ids: tuple, request_id: str) -> tuple:
+    """(ids, (log-prob, id) pairs) of an answer: an aborted one (sent again, never trained on)
+    keeps the prefix where both agree; any other must agree in full."""
+    if kind == "abort":
+        kept = agreeing_prefix(pairs, output_ids)
+        return output_ids[:kept], pairs[:kept]
+    if tuple(t for _, t in pairs) != output_ids:
+        raise ProtocolError(f"request {request_id!r}: logprob ids differ from output_ids")
+    return output_ids, pairs
+
+
+def agreeing_prefix(pairs: tuple, output_ids: tuple) -> int:
     """How many leading (log-prob, id) pairs name the output id at their position."""
     count = 0
     while count < min(len(pairs), len(output_ids)) and pairs[count][1] == output_ids[count]:

@@ -5,8 +5,10 @@ pass through another process or through host memory.
 A sender forms a weight-update group of its own with every server's TP ranks: itself rank 0,
 hosting the rendezvous store on its own address, under a name of its own (sglang keeps one group
 per ``group_name`` and its ``/update_weights_from_distributed`` receives from src=0 of the named
-group). For each bucket it announces names, dtypes and shapes to every server and broadcasts the
-tensors from the device they live on (FP8 and flattened buckets are made here, per bucket).
+group; a vLLM engine keeps one group, formed anew by each sender at its turn when several
+stages send). For each bucket it announces names, dtypes and shapes to every server and
+broadcasts the tensors from the device they live on (FP8 and flattened buckets are made here,
+per bucket). The routes of each server kind are in ``server_kinds.SERVERS``.
 
 What a sender does NOT do: pause, flush, versions and server states belong to the controller
 (``server_engine.ServerRolloutEngine``, rank 0), which hands every sender a ``SyncPlan`` for
@@ -21,16 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megatron_fork.rollout.flattened_bucket import flatten_bucket
 from megatron_fork.rollout.fp8 import fp8_named_tensors
-from megatron_fork.rollout.http_client import ServerClient
-from megatron_fork.rollout.server_sync import (
-    form_weight_group,
-    on_every_server,
-    release_group_on_servers,
-)
-from megatron_fork.rollout.sglang_protocol import DEFAULT_GROUP_NAME, UpdateWeightsFromDistributed
-from megatron_fork.rollout.weight_group import WeightGroup, dtype_name
+from megatron_fork.rollout.server_kinds import SERVERS
+from megatron_fork.rollout.sglang_protocol import DEFAULT_GROUP_NAME
+from megatron_fork.rollout.vllm_protocol import DEFAULT_PACKED_BUFFER_BYTES
+from megatron_fork.rollout.weight_group import WeightGroup
 
 LOCAL_HOST_NAME = "hostname"
 """An address that stands for this host's name, resolved in each process (a stage leader on
@@ -59,9 +56,14 @@ class SyncPlan:
     fp8_block: int | None = None
     """Send linear weights as blockwise FP8 with their scales (engines serving FP8)."""
     flattened_buckets: bool = False
-    """One uint8 broadcast per bucket (sglang's ``flattened_bucket``)."""
+    """One uint8 broadcast per bucket (sglang's ``flattened_bucket``, vLLM's ``packed``)."""
     request_timeout_s: float = 600.0
     api_key: str | None = field(default=None, repr=False)
+    protocol: str = "sglang"
+    """What the servers speak: a key of ``SERVERS``."""
+    packed_buffer_bytes: int = DEFAULT_PACKED_BUFFER_BYTES
+    """vLLM's ``packed_buffer_size_bytes``: at least the weight bucket, so a bucket is one
+    broadcast."""
 
 
 class StageSender:
@@ -71,32 +73,43 @@ class StageSender:
         the groups (``weight_update_group_stage1_<random>``), for the servers' logs."""
         self.address, self.stage = local_address(address), stage
         self._group: WeightGroup | None = None
-        self._clients: list[ServerClient] = []
+        self._clients: list = []
         self._epoch: int | None = None
         self._plan: SyncPlan | None = None
-        self._stale: tuple[list[ServerClient], str] | None = None
-        """A group left after a failure: the servers are asked to drop it at the next formation."""
+        self._sole = True
+        self._stale: tuple[object, list, str] | None = None
+        """A group left after a failure (its routes, servers and name): the servers are asked
+        to drop it at the next formation."""
 
     @property
     def group_name(self) -> str | None:
         return None if self._group is None else self._group.name
 
-    def begin(self, plan: SyncPlan) -> None:
+    def begin(self, plan: SyncPlan, sole_sender: bool = True) -> None:
         """Ready to send under ``plan``: the group is kept while the epoch and the servers are
-        the same, else the old one is dropped (here and on the servers) and a new one formed."""
-        self._plan = plan
+        the same, else the old one is dropped (here and on the servers) and a new one formed;
+        on vLLM engines this sender's weight-update session opens. ``sole_sender``: no other
+        stage sends (vLLM engines hold one group: with several senders each releases its own
+        at ``finish``)."""
+        self._plan, self._sole = plan, sole_sender
         members = tuple(client.url for client in self._clients)
-        if self._group is not None and self._epoch == plan.epoch and members == plan.urls:
-            return
+        same = self._group is not None and self._epoch == plan.epoch and members == plan.urls
+        if not same:
+            self._form_group(plan)
+        SERVERS[plan.protocol].begin_stage(self._clients)
+
+    def _form_group(self, plan: SyncPlan) -> None:
         self.abandon()
         if self._stale is not None:
-            release_group_on_servers(*self._stale, RELEASE_TIMEOUT_S)
+            routes, clients, name = self._stale
+            routes.release_stale(clients, name, RELEASE_TIMEOUT_S)
             self._stale = None
-        self._clients = [ServerClient(u, plan.request_timeout_s, plan.api_key) for u in plan.urls]
+        routes = SERVERS[plan.protocol]
+        self._clients = [
+            routes.client(url, plan.request_timeout_s, plan.api_key) for url in plan.urls
+        ]
         prefix = f"{DEFAULT_GROUP_NAME}_stage{self.stage}"
-        self._group = form_weight_group(
-            self._clients, list(plan.tp_sizes), self.address, plan.backend, prefix
-        )
+        self._group = routes.form_group(self._clients, plan.tp_sizes, self.address, plan, prefix)
         self._epoch = plan.epoch
 
     def send(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
@@ -104,23 +117,18 @@ class StageSender:
         every server has loaded it; the first failure on any side is raised at once."""
         if self._group is None:
             raise RuntimeError("StageSender.send before begin: no weight-update group")
-        plan, group = self._plan, self._group
+        plan = self._plan
         bucket = [(name, tensor.detach().contiguous()) for name, tensor in bucket]
         if plan.fp8_block is not None:
             bucket = list(fp8_named_tensors(bucket, plan.fp8_block))
-        update = UpdateWeightsFromDistributed(
-            names=tuple(name for name, _ in bucket),
-            dtypes=tuple(dtype_name(t.dtype) for _, t in bucket),
-            shapes=tuple(tuple(t.shape) for _, t in bucket),
-            group_name=group.name,
-            load_format="flattened_bucket" if plan.flattened_buckets else None,
-        )
-        wire = [flatten_bucket(bucket)] if plan.flattened_buckets else [t for _, t in bucket]
-        on_every_server(
-            self._clients,
-            lambda i, client: client.update_weights_from_distributed(update),
-            during=lambda: group.broadcast(wire),
-        )
+        SERVERS[plan.protocol].send(self._clients, self._group, bucket, plan)
+
+    def finish(self) -> None:
+        """After this sender's last bucket of a sync (vLLM: its session ends; its group is
+        released when other stages send too)."""
+        routes = SERVERS[self._plan.protocol]
+        if routes.end_stage(self._clients, self._group, self._sole, RELEASE_TIMEOUT_S):
+            self._group, self._epoch = None, None
 
     def abandon(self) -> None:
         """Leave the group now, without waiting for any server (after a failure it may be
@@ -128,7 +136,7 @@ class StageSender:
         is formed (by then a stuck server has been restarted)."""
         if self._group is not None:
             self._group.abort()
-            self._stale = (self._clients, self._group.name)
+            self._stale = (SERVERS[self._plan.protocol], self._clients, self._group.name)
         self._group, self._epoch = None, None
 
     def close(self) -> None:
@@ -138,12 +146,7 @@ class StageSender:
         self._group, self._epoch, self._stale = None, None, None
         if group is None:
             return
-
-        def release(i, client):
-            body = {"group_name": group.name}
-            client.call("/destroy_weights_update_group", body, RELEASE_TIMEOUT_S)
-
         try:
-            on_every_server(clients, release, during=group.destroy, timeout_s=RELEASE_TIMEOUT_S)
+            SERVERS[self._plan.protocol].release_with(clients, group, RELEASE_TIMEOUT_S)
         except Exception:  # a server gone or stuck: nothing to wait for at the end of a run
             group.abort()

@@ -31,8 +31,18 @@ class _Decoding:
 class TorchRolloutEngine:
     """``RolloutEngine`` over a Hugging Face ``*ForCausalLM`` module, in this process."""
 
-    def __init__(self, model, max_batch_size: int = 64, pad_token_id: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        max_batch_size: int = 64,
+        pad_token_id: int = 0,
+        seed: int = 0,
+        processed_logprobs: bool = False,
+    ):
+        """``processed_logprobs``: report the log-probs of the truncated (top-k/top-p)
+        distribution, as vLLM's ``processed_logprobs`` mode (``sampling.next_token``)."""
         self.model = model.eval()
+        self.processed_logprobs = processed_logprobs
         self.max_batch_size = max_batch_size
         self.pad_token_id = pad_token_id
         self.seed = seed
@@ -133,7 +143,9 @@ class TorchRolloutEngine:
             if state.finish is not None:
                 continue
             params = state.request.sampling
-            token, logprob = next_token(last_logits[row], params, state.generator)
+            token, logprob = next_token(
+                last_logits[row], params, state.generator, self.processed_logprobs
+            )
             state.output_ids.append(token)
             state.logprobs.append(logprob)
             next_ids[row] = token

@@ -127,13 +127,16 @@ def join_weight_group(
     group_name: str,
     backend: str = "gloo",
     timeout: timedelta = DEFAULT_TIMEOUT,
+    store_prefix: str | None = None,
 ) -> WeightGroup:
     """Blocks until all ``world_size`` members have joined. Engines pass a client store:
-    ``TCPStore(master_address, master_port, world_size, False, timeout=...)``."""
+    ``TCPStore(master_address, master_port, world_size, False, timeout=...)``. The members
+    meet under ``store_prefix`` (default: the group's name, as sglang's groups; vLLM's
+    weight-transfer group has no name, so each side names its group locally)."""
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"weight-update backend {backend!r}: use 'gloo' (CPU) or 'nccl'")
     group, _ = _new_process_group_helper(
-        world_size, rank, [], backend, PrefixStore(group_name, store),
+        world_size, rank, [], backend, PrefixStore(store_prefix or group_name, store),
         group_name=group_name, timeout=timeout,
     )  # fmt: skip
     _world.pg_group_ranks[group] = {i: i for i in range(world_size)}

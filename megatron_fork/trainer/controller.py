@@ -13,6 +13,7 @@ from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
 from megatron_fork.rewards.scorer import MathRewardScorer
 from megatron_fork.rollout.fp8 import BLOCK as FP8_BLOCK
 from megatron_fork.rollout.server_engine import ServerRolloutEngine
+from megatron_fork.rollout.server_kinds import API_KEY_VARIABLES, SERVERS
 from megatron_fork.rollout.server_pool import (
     ServerPool,
     cpu_server_command,
@@ -111,18 +112,21 @@ class Controller:
 
 def rollout_engine(config: RLConfig, hf_config, pad_id: int):
     """The run's engine, at weight version 0 with placeholder weights (the first sync fills
-    them): in this process, or behind sglang's protocol in server processes."""
+    them): in this process, or behind sglang's or vLLM's protocol (``rollout.backend``) in
+    server processes."""
     rollout = config.rollout
     if rollout.engine == "torch":
         model = Qwen3ForCausalLM(hf_config).to(torch.float32)
         return TorchRolloutEngine(model, rollout.engine_batch_size, pad_id, config.seed)
     pool = None
     urls = list(rollout.server_urls)
-    api_key = os.environ.get("SGLANG_API_KEY")
+    api_key = os.environ.get(API_KEY_VARIABLES[rollout.backend])
+    client = SERVERS[rollout.backend].client
     if urls:
-        wait_until_healthy(urls, rollout.engine_startup_timeout_s, api_key)
+        wait_until_healthy(urls, rollout.engine_startup_timeout_s, api_key, client=client)
     else:
         options = dict(
+            protocol=rollout.backend,
             load_format="dummy",
             max_batch_size=rollout.engine_batch_size,
             pad_token_id=pad_id,
@@ -131,7 +135,7 @@ def rollout_engine(config: RLConfig, hf_config, pad_id: int):
         if rollout.fp8:
             options["quantization"] = "fp8"
         command = cpu_server_command(str(hf_metadata_dir(config.base_model)), **options)
-        pool = ServerPool([command] * rollout.servers)
+        pool = ServerPool([command] * rollout.servers, client=client)
         urls = pool.urls
     return ServerRolloutEngine(
         urls,
@@ -142,4 +146,6 @@ def rollout_engine(config: RLConfig, hf_config, pad_id: int):
         fp8_block=FP8_BLOCK if rollout.fp8 else None,
         tp_sizes=[rollout.server_tp_size if rollout.server_urls else 1] * len(urls),
         api_key=api_key,
+        protocol=rollout.backend,
+        packed_buffer_bytes=rollout.weight_bucket_bytes,
     )

@@ -40,6 +40,13 @@ class RolloutConfig:
     """"torch": the engine in the trainer's rank-0 process; "server": ``servers`` CPU rollout
     servers in their own processes, driven through sglang's HTTP protocol (the code path of
     sglang engines), or the servers at ``server_urls``."""
+    backend: str = "sglang"
+    """What the rollout servers speak (``rollout.engine=server``): "sglang" or "vllm" (the
+    CPU servers started here speak either, chosen at their start; ``rollout/vllm_client.py``)."""
+    placement: str = "disaggregated"
+    """Where the engines run: "disaggregated" (their own GPUs; the Qwen3 recipes' engine nodes)
+    or "colocated" (the training GPUs, memory handed back and forth every step: engines
+    release theirs while the trainer trains and resume it before the weight sync)."""
     servers: int = 2
     server_urls: tuple[str, ...] = ()
     """Rollout servers already running (e.g. sglang); none is started or restarted then."""
@@ -64,6 +71,11 @@ class RolloutConfig:
 
     def __post_init__(self):
         _require(self.engine in ("torch", "server"), "rollout.engine must be 'torch' or 'server'")
+        _require(self.backend in ("sglang", "vllm"), "rollout.backend: 'sglang' or 'vllm'")
+        _require(
+            self.placement in ("disaggregated", "colocated"),
+            "rollout.placement: 'disaggregated' or 'colocated'",
+        )
         _require(self.servers >= 1, "rollout.servers must be >= 1")
         _require(self.server_tp_size >= 1, "rollout.server_tp_size must be >= 1")
         _require(

@@ -183,10 +183,13 @@ class WeightSync:
         if leads:
             if self._sender is None:
                 self._sender = StageSender(self.store_address, stage)
-            error = self._attempt_sending(lambda: self._sender.begin(plan))
+            sole = self._leaders is None or len(self._leaders) == 1
+            error = self._attempt_sending(lambda: self._sender.begin(plan, sole_sender=sole))
         for bucket in _stage_buckets(self.model, self.layout, self.bucket_bytes):
             if leads and error is None:
                 error = self._attempt_sending(lambda bucket=bucket: self._sender.send(bucket))
+        if leads and error is None:
+            error = self._attempt_sending(self._sender.finish)
         return None if error is None else f"{type(error).__name__}: {error}"
 
     def _attempt_sending(self, work) -> Exception | None:

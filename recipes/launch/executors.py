@@ -4,9 +4,11 @@ runs ``tasks.local_trainer_task``, which brings its own torchrun.)"""
 
 import nemo_run as run
 
+from recipes.colocation import TRAINER_HOSTS_LINE, TRAINER_NODES, is_colocated
 from recipes.launch.job_environment import (
     API_KEY,
     TRAINER_ENV,
+    VLLM_API_KEY,
     api_key_lines,
     container_env,
     task_env,
@@ -62,7 +64,9 @@ def setup_lines(recipe: Recipe, options: SlurmOptions) -> list[str]:
     lines = [unset_host_python_line(options), *time_limit_lines(options.job_dir)]
     if recipe.launch.engines.nodes:
         lines.append(ENGINE_HOSTS_LINE)
-    if recipe.launch.engines.nodes or options.api_key_file is not None:
+    if is_colocated(recipe):  # engines on the training nodes, started by the trainer
+        lines.append(TRAINER_HOSTS_LINE)
+    if recipe.launch.engines.nodes or is_colocated(recipe) or options.api_key_file is not None:
         lines += api_key_lines(options)
     return lines
 
@@ -91,7 +95,7 @@ def _slurm_executor(
         container_image=options.container_image,
         container_mounts=list(options.mounts),
         env_vars=env,
-        container_env=container_env(env, ENGINE_NODES, API_KEY),
+        container_env=container_env(env, ENGINE_NODES, TRAINER_NODES, API_KEY, VLLM_API_KEY),
         srun_args=list(SRUN_ARGS),
         heterogeneous=bool(recipe.launch.engines.nodes),
         tunnel=run.LocalTunnel(job_dir=experiments_dir(options)),

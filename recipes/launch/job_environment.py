@@ -58,6 +58,8 @@ NETWORK_KEYS = (
 """The network settings a login shell may carry for the job (an allow-list: a module system's
 ``NCCL_HOME``/``NCCL_ROOT``/``NCCL_VERSION`` are the login node's, not the image's)."""
 API_KEY = "SGLANG_API_KEY"
+VLLM_API_KEY = "VLLM_API_KEY"
+"""The same key under vLLM's own name (vLLM reads it from there; ``rollout.backend=vllm``)."""
 HOST_PYTHON = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
 """sbatch exports the submitting shell's environment: a login node's Python settings must not
 reach the container's interpreters (unless given with ``--env``)."""
@@ -98,7 +100,7 @@ def unset_host_python_line(options: SlurmOptions) -> str:
 def api_key_lines(options: SlurmOptions) -> list[str]:
     """The engines' API key, exported for both node groups with tracing off (the template's
     ``set -x`` would print it): read from ``--api-key-file`` in the job, else 32 random bytes
-    made in the job. It never appears in the script."""
+    made in the job; one key under sglang's and vLLM's names. It never appears in the script."""
     if options.api_key_file is None:
         source = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'"
         missing = "no random bytes for the API key"
@@ -109,6 +111,7 @@ def api_key_lines(options: SlurmOptions) -> list[str]:
         "set +x  # the engines' API key stays out of the log",
         f"export {API_KEY}=$({source})",
         f'[ -n "${API_KEY}" ] || {{ echo {shlex.quote("recipes: " + missing)} >&2; exit 1; }}',
+        f'export {VLLM_API_KEY}="${API_KEY}"',
         "set -x",
     ]
 

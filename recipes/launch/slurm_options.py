@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 from recipes.launch.container_image import check_container_image
 
 ENV_KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
-SECRET_KEYS = ("SGLANG_API_KEY",)
+SECRET_KEYS = ("SGLANG_API_KEY", "VLLM_API_KEY")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+@=-]*")
 """NeMo-Run writes log paths under the job directory into the srun lines unquoted

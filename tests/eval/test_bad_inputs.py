@@ -84,8 +84,8 @@ def test_server_engine_needs_live_servers(capsys, tmp_path, prompts, base_model)
 def test_unknown_settings_are_refused_by_the_parser(capsys, tmp_path, prompts, base_model):
     with pytest.raises(SystemExit):
         main(["--model", str(base_model), "--prompts", str(prompts), "--out", str(tmp_path),
-              "--engine", "vllm"])  # fmt: skip
-    assert "invalid choice: 'vllm'" in capsys.readouterr().err
+              "--engine", "trtllm"])  # fmt: skip
+    assert "invalid choice: 'trtllm'" in capsys.readouterr().err
     err = _fails(capsys, ["--model", str(base_model), "--prompts", str(prompts),
                           "--out", str(tmp_path), "--k", "0"])  # fmt: skip
     assert "k must be >= 1" in err

@@ -19,6 +19,7 @@ from recipes.registry import RECIPES, build_recipe
 from recipes.train import with_engines_of_this_job
 
 GPU_RECIPES = ["qwen3_8b", "qwen3_14b", "qwen3_32b"]
+COLOCATED_RECIPES = ["qwen3_8b_1node", "qwen3_14b_2node"]
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -46,6 +47,8 @@ def test_every_recipe_builds_and_passes_its_checks(name):
         sampling = recipe.config.dynamic_sampling
         assert sampling.max_rounds == 10 and sampling.on_exhausted == "error"
         assert recipe.config.loss.regularizer_tokens == "response"  # KL / entropy as verl
+    elif name in COLOCATED_RECIPES:  # test_colocated_recipes.py checks their phases
+        assert plan.fits and plan.colocated and recipe.launch.engines.nodes == 0
     else:
         assert plan is None and recipe.launch.engines.nodes == 0
 

@@ -9,6 +9,9 @@
 - A server at another weight version: its samples are never used; it is resynced.
 - A server killed during a weight sync: the sync fails at once (no wait for timeouts), and the
   next one restarts it and brings every server to the new version.
+
+Every test runs twice: servers speaking sglang's protocol, and vLLM's (``--protocol vllm``,
+driven through ``vllm_client.VllmClient``): the same fault semantics on both.
 """
 
 import os
@@ -18,6 +21,7 @@ import time
 import pytest
 
 from megatron_fork.rollout.server_engine import ServerRolloutEngine
+from megatron_fork.rollout.server_kinds import SERVERS
 from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
@@ -44,15 +48,22 @@ def _assert_same_samples(got, expected):
         assert max((abs(x - y) for x, y in pairs), default=0.0) <= 1e-5
 
 
-@pytest.fixture
-def servers(tmp_path):
+@pytest.fixture(params=["sglang", "vllm"])
+def servers(request, tmp_path):
+    """Two CPU servers speaking ``request.param``'s protocol (``pool.protocol``)."""
     tiny_qwen3_model(seed=0).save_pretrained(tmp_path / "hf")
-    with ServerPool([cpu_server_command(str(tmp_path / "hf"))] * 2) as pool:
+    command = cpu_server_command(str(tmp_path / "hf"), protocol=request.param)
+    with ServerPool([command] * 2, client=SERVERS[request.param].client) as pool:
+        pool.protocol = request.param
         yield pool
 
 
+def _engine(servers, **options) -> ServerRolloutEngine:
+    return ServerRolloutEngine(servers.urls, servers, protocol=servers.protocol, **options)
+
+
 def test_killed_server_mid_rollout_the_step_completes_and_it_comes_back(servers):
-    engine = ServerRolloutEngine(servers.urls, servers, request_timeout_s=60)
+    engine = _engine(servers, request_timeout_s=60)
     requests = _requests()
     expected = TorchRolloutEngine(tiny_qwen3_model(seed=0)).generate(requests)
     victim = servers.servers[0].process
@@ -76,7 +87,7 @@ def test_killed_server_mid_rollout_the_step_completes_and_it_comes_back(servers)
 
 def test_a_server_that_stops_answering_is_timed_out(servers):
     # 10 s: far above the healthy server's answer time (~0.1 s) even on a loaded machine.
-    engine = ServerRolloutEngine(servers.urls, servers, request_timeout_s=10)
+    engine = _engine(servers, request_timeout_s=10)
     stopped = servers.servers[1].process.pid
     os.kill(stopped, signal.SIGSTOP)
     try:
@@ -91,7 +102,7 @@ def test_a_server_that_stops_answering_is_timed_out(servers):
 def test_samples_at_another_weight_version_are_never_used(servers):
     """A server at another version: its samples are dropped, its requests served by the other,
     and the next sync brings it back; with no server at the right version, the batch fails."""
-    engine = ServerRolloutEngine(servers.urls, servers)
+    engine = _engine(servers)
     engine.clients[1].call("/update_weight_version", {"new_version": "5"})
     requests = _requests(n=4, tokens=2)
     samples = engine.generate(requests)
@@ -106,7 +117,7 @@ def test_samples_at_another_weight_version_are_never_used(servers):
 
 
 def test_a_server_killed_during_a_sync_fails_it_at_once_and_the_next_sync_recovers(servers):
-    engine = ServerRolloutEngine(servers.urls, servers, request_timeout_s=120)
+    engine = _engine(servers, request_timeout_s=120)
     named = list(tiny_qwen3_model(seed=2).state_dict().items())
     engine.update_weights(named[:5])  # a sync under way
     servers.servers[0].process.kill()
@@ -117,7 +128,10 @@ def test_a_server_killed_during_a_sync_fails_it_at_once_and_the_next_sync_recove
     assert time.monotonic() - start < 30, "the trainer waited for the request timeout"
     engine.update_weights(named)  # the next sync: restart, fresh group, every weight
     engine.update_weights([], version=1)
-    assert engine.counters["servers_restarted"] == 1
+    # the survivor too when it was left waiting in the broken broadcast (a vLLM engine then
+    # does not answer engine-core calls and is restarted); whether it was depends on timing
+    restarted = {1} if servers.protocol == "sglang" else {1, 2}
+    assert engine.counters["servers_restarted"] in restarted
     assert [client.weight_version() for client in engine.clients] == [1, 1]
     reference = TorchRolloutEngine(tiny_qwen3_model(seed=2))
     reference.update_weights((), version=1)

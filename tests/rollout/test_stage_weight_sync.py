@@ -15,6 +15,9 @@ A Megatron Qwen3 at PP=2 on two gloo ranks, two CPU rollout servers in their own
 - A failure injected in stage 1's sender (at its second bucket) is raised on both ranks; the
   servers keep the old version and serve nothing; the next sync forms new groups (the old ones
   are gone from the servers too) and every server matches the trainer again.
+- All of it with servers speaking vLLM's protocol too (``--protocol vllm``, ``VllmClient``):
+  an engine holds one weight-transfer group, so each stage forms it at its turn and releases
+  it after its buckets; packed buffers are cut into chunks smaller than a bucket.
 
 Multi-rank tests assert inside each rank's worker; ``run_distributed`` re-raises failures.
 """
@@ -68,13 +71,13 @@ def _instrument(log: dict) -> None:
         return broadcast(self, tensors)
 
     def timed(step):
-        def run(self, *args):
+        def run(self, *args, **kwargs):
             start = time.monotonic()
             if log["fail_at"] is not None and step is send:
                 log["fail_at"] -= 1
                 if log["fail_at"] == 0:
                     raise RuntimeError("injected failure in stage 1's sender")
-            step(self, *args)
+            step(self, *args, **kwargs)
             log["spans"].append((start, time.monotonic()))
 
         return run
@@ -111,8 +114,9 @@ def _synced(weights, log, version, stage_bytes, rank) -> None:
     _check_turns(log)
 
 
-def _pp2_worker(rank, world, model_dir):
+def _pp2_worker(rank, world, model_dir, protocol):
     from megatron_fork.rollout.server_engine import ServerRolloutEngine
+    from megatron_fork.rollout.server_kinds import SERVERS
     from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
     from megatron_fork.trainer.actor import build_actor
     from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
@@ -126,11 +130,15 @@ def _pp2_worker(rank, world, model_dir):
     _instrument(log)
     pool = engine = None
     if rank == 0:
-        pool = ServerPool([cpu_server_command(model_dir, load_format="dummy")] * 2)
-        engine = ServerRolloutEngine(pool.urls, pool)
+        command = cpu_server_command(model_dir, load_format="dummy", protocol=protocol)
+        pool = ServerPool([command] * 2, client=SERVERS[protocol].client)
+        # vLLM's packed chunks smaller than a bucket: a bucket is several broadcasts
+        engine = ServerRolloutEngine(
+            pool.urls, pool, protocol=protocol, packed_buffer_bytes=BUCKET_BYTES // 3
+        )
     weights = WeightSync(actor.model, actor.layout, engine, BUCKET_BYTES)
     try:
-        for version in (1, 2):  # sglang's two load formats: per tensor, then flattened
+        for version in (1, 2):  # two load formats: per tensor, then flattened (packed)
             perturb_(actor.model.module, seed=version)
             if engine is not None:
                 engine.flattened_buckets = version == 2
@@ -152,6 +160,9 @@ def _pp2_worker(rank, world, model_dir):
         _synced(weights, log, 3, stage_bytes, rank)
         _check_parity(actor, engine, 3)
         new_groups = _gathered(weights.group_name)
+        if protocol == "vllm":  # one group per engine: each stage releases its own after use
+            assert new_groups == old_groups == [None, None], (old_groups, new_groups)
+            return
         assert not set(new_groups) & set(old_groups), (old_groups, new_groups)
         if engine is not None:  # the servers dropped the groups of before the failure
             _assert_released(engine, old_groups)
@@ -170,9 +181,11 @@ def _assert_released(engine, names) -> None:
                 client.call("/destroy_weights_update_group", {"group_name": name})
 
 
-def test_each_stage_sends_its_own_weights_and_a_failed_stage_is_resynced(tmp_path):
+@pytest.mark.parametrize("protocol", ["sglang", "vllm"])
+def test_each_stage_sends_its_own_weights_and_a_failed_stage_is_resynced(tmp_path, protocol):
+    """On vLLM engines (one weight-transfer group each) the stages take turns forming it."""
     write_hf_folder(tmp_path / "hf")
-    run_distributed(_pp2_worker, 2, str(tmp_path / "hf"), timeout=240)
+    run_distributed(_pp2_worker, 2, str(tmp_path / "hf"), protocol, timeout=240)
 
 
 def _fp8_reference(actor, model_dir):

@@ -22,6 +22,7 @@ from tools.gpu_checks.report import as_json, exit_status, table
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "gpu_check.py"
 EXPECTED = ["tiny_demo", "logprob_op", "old_pass_memory", "qwen3_8b", "qwen3_14b", "qwen3_32b"]
+EXPECTED += ["vllm_engine", "colocated_1node"]
 NO_GPU = Machine(gpus=0, transformer_engine=False, sglang_python=None)
 FIXTURES = "tests.tools.kit_fixture_checks"
 

@@ -29,10 +29,13 @@ class Needs:
     transformer_engine: bool = False
     sglang: bool = False
     """sglang importable by ``SGLANG_PYTHON`` (else by this interpreter)."""
+    vllm: bool = False
+    """vLLM importable by ``VLLM_PYTHON`` (else by this interpreter)."""
 
     def describe(self) -> str:
         parts = [f"CUDA, {self.gpus} GPU{'s' if self.gpus != 1 else ''}" if self.gpus else "CPU"]
         parts += ["Transformer Engine"] * self.transformer_engine + ["sglang"] * self.sglang
+        parts += ["vLLM"] * self.vllm
         return ", ".join(parts)
 
 

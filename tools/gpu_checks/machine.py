@@ -14,7 +14,8 @@ from tools.gpu_checks.core import Needs
 from tools.gpu_checks.registry import NODE, SINGLE_GPU
 
 SGLANG_PYTHON = "SGLANG_PYTHON"
-_FIND_SGLANG = "import importlib.util, sys; sys.exit(importlib.util.find_spec('sglang') is None)"
+VLLM_PYTHON = "VLLM_PYTHON"
+_FIND = "import importlib.util, sys; sys.exit(importlib.util.find_spec({!r}) is None)"
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class Machine:
     transformer_engine: bool
     sglang_python: str | None
     """The interpreter that imports sglang; None: none found."""
+    vllm_python: str | None = None
+    """The interpreter that imports vLLM (the container's own environment); None: none found."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,9 +36,14 @@ def sglang_interpreter(environ=os.environ) -> str:
     return environ.get(SGLANG_PYTHON) or sys.executable
 
 
-def _imports_sglang(python: str) -> bool:
+def vllm_interpreter(environ=os.environ) -> str:
+    return environ.get(VLLM_PYTHON) or sys.executable
+
+
+def _imports(python: str, module: str = "sglang") -> bool:
     try:
-        done = subprocess.run([python, "-c", _FIND_SGLANG], capture_output=True, timeout=60)
+        code = _FIND.format(module)
+        done = subprocess.run([python, "-c", code], capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
@@ -47,9 +55,10 @@ def probe(look_for_sglang: bool = True) -> Machine:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     te = importlib.util.find_spec("transformer_engine") is not None
-    python = sglang_interpreter()
-    found = look_for_sglang and _imports_sglang(python)
-    return Machine(gpus, te, python if found else None)
+    python, vllm = sglang_interpreter(), vllm_interpreter()
+    found = look_for_sglang and _imports(python, "sglang")
+    vllm_found = look_for_sglang and _imports(vllm, "vllm")
+    return Machine(gpus, te, python if found else None, vllm if vllm_found else None)
 
 
 def skip_reason(needs: Needs, machine: Machine) -> str | None:
@@ -63,6 +72,8 @@ def skip_reason(needs: Needs, machine: Machine) -> str | None:
         missing.append("Transformer Engine (transformer_engine does not import)")
     if needs.sglang and machine.sglang_python is None:
         missing.append(f"sglang (not importable by {sglang_interpreter()}; set {SGLANG_PYTHON})")
+    if needs.vllm and machine.vllm_python is None:
+        missing.append(f"vLLM (not importable by {vllm_interpreter()}; set {VLLM_PYTHON})")
     return "needs " + "; ".join(missing) if missing else None
 
 

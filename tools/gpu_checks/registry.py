@@ -70,8 +70,35 @@ def _node_check(recipe: str) -> Check:
     )
 
 
+def _vllm_check() -> Check:
+    return Check(
+        "vllm_engine",
+        "vLLM engine started as the Slurm engine task starts it (VLLM_PYTHON, dev mode, the "
+        "image's NCCL, dummy weights on a config + tokenizer folder): /health, one "
+        "/inference/v1/generate through the trainer's client",
+        Needs(gpus=1, vllm=True),
+        NODE,
+        "tools.gpu_checks.vllm_check:check",
+        600.0,
+    )
+
+
+def _colocated_check() -> Check:
+    return Check(
+        "colocated_1node",
+        "qwen3_8b_1node's tiny variant: 2 RL steps with 4 sglang engines (TP2) on the trainer's "
+        "8 GPUs (TP4 x CP2), memory released and resumed each step; skips until the RL loop "
+        "supports rollout.placement=colocated",
+        Needs(gpus=8, transformer_engine=True, sglang=True),
+        NODE,
+        "tools.gpu_checks.colocated_check:check",
+        600.0,
+    )
+
+
 def all_checks() -> list[Check]:
-    return _single_gpu_checks() + [_node_check(name) for name in kit_recipes()]
+    nodes = [_node_check(name) for name in kit_recipes()]
+    return _single_gpu_checks() + nodes + [_vllm_check(), _colocated_check()]
 
 
 def check_names() -> list[str]:

@@ -61,7 +61,7 @@ class EngineServer:
 
     def generate(self, body: dict) -> list[dict]:
         requests = requests_from_payload(body)
-        with self._claimed([r.request_id for r in requests]), self._engine_when_open():
+        with self.claimed([r.request_id for r in requests]), self._engine_when_open():
             self._generating = True
             try:
                 samples = self.engine.generate(requests, abort=lambda: self._abort)
@@ -70,7 +70,7 @@ class EngineServer:
         return response_for(samples)
 
     @contextmanager
-    def _claimed(self, rids: list[str]):
+    def claimed(self, rids: list[str]):
         """The request ids, held from receipt to answer: sglang refuses an id still in flight
         on the server (``TokenizerManager._init_req_state``), a paused one included."""
         with self._in_flight_lock:
@@ -103,6 +103,11 @@ class EngineServer:
             yield self.engine
         finally:
             self._engine_lock.release()
+
+    @property
+    def engine_lock(self) -> threading.Lock:
+        """Held while the engine generates or weights are applied."""
+        return self._engine_lock
 
     def health_generate(self) -> dict:
         """sglang's ``/health`` and ``/health_generate`` (SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION
@@ -168,22 +173,30 @@ class EngineServer:
         group = self._groups.get(update.group_name)
         if group is None:
             raise ProtocolError(f"no weight-update group {update.group_name!r}: init it first")
-        named = receive_tensors(
+        named = self.receive_bucket(
             group, update.names, update.dtypes, update.shapes, update.load_format is not None
         )
-        if self.fp8:
-            named = dequantize_named_tensors(named)
-        return self._apply(named, update.weight_version)
+        return self.apply_weights(named, update.weight_version)
+
+    def receive_bucket(self, group, names, dtypes, shapes, flattened: bool) -> list:
+        """One bucket off a weight group, outside the engine lock (generation goes on), FP8
+        dequantised when the weights arrive as FP8."""
+        return self.dequantized(receive_tensors(group, names, dtypes, shapes, flattened))
+
+    def dequantized(self, named: list) -> list:
+        """Received tensors as the engine computes with them: FP8 weights (with their scales
+        in the same list) dequantised when the engine serves FP8."""
+        return dequantize_named_tensors(named) if self.fp8 else named
 
     def update_weights_from_disk(self, body: dict) -> dict:
         if "model_path" not in body:
             raise ProtocolError("update_weights_from_disk needs model_path")
         weights = HFWeights(body["model_path"])
-        result = self._apply(((n, weights[n]) for n in weights), body.get("weight_version"))
+        result = self.apply_weights(((n, weights[n]) for n in weights), body.get("weight_version"))
         self.model_path = body["model_path"]
         return {**result, "num_paused_requests": 0}
 
-    def _apply(self, named, weight_version) -> dict:
+    def apply_weights(self, named, weight_version) -> dict:
         version = None if weight_version is None else int(weight_version)
         with self._engine_lock:
             self.engine.update_weights(named, version=version)

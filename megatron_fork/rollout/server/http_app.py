@@ -1,12 +1,14 @@
 """sglang's routes over an ``EngineServer``, on the standard library's threading HTTP server
 (one thread per request: a weight update blocks in its collective while health checks answer).
-Bodies are JSON; a protocol error or a busy server is a 400 with ``{"error": ...}``, a health
+Bodies are JSON (query strings go to the routes that read them: vLLM's ``/pause``); in sglang
+mode a protocol error or a busy server is a 400 with ``{"error": ...}``, a health
 probe that saw no output in time a 503 and any other failure a 500, as sglang answers."""
 
 import json
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 from megatron_fork.rollout.server.engine_server import Busy, EngineServer, Unavailable
 from megatron_fork.rollout.sglang_protocol import ProtocolError
@@ -30,7 +32,17 @@ def _routes(server: EngineServer) -> dict:
     }
 
 
-def _handler_class(routes: dict):
+def sglang_error(error: Exception) -> tuple[HTTPStatus, dict]:
+    """sglang's status and body for a failed request."""
+    if isinstance(error, (ProtocolError, Busy, json.JSONDecodeError)):
+        return HTTPStatus.BAD_REQUEST, {"error": str(error)}
+    if isinstance(error, Unavailable):
+        return HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(error)}
+    traceback.print_exc()  # answered as sglang does, with the reason
+    return HTTPStatus.INTERNAL_SERVER_ERROR, {"error": repr(error)}
+
+
+def _handler_class(routes: dict, answer_error=sglang_error):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -41,10 +53,10 @@ def _handler_class(routes: dict):
             self._dispatch("POST")
 
         def _dispatch(self, method: str) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""  # read even when refused
-            methods, handler = routes.get(path, (set(), None))
+            methods, handler, *takes_query = routes.get(path, (set(), None))
             if handler is None or method not in methods:
                 self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route {method} {path}"})
                 return
@@ -52,19 +64,17 @@ def _handler_class(routes: dict):
                 body = json.loads(raw) if raw else {}
                 if not isinstance(body, dict):
                     raise ProtocolError(f"the body must be a JSON object: {type(body).__name__}")
-                self._reply(HTTPStatus.OK, handler(body))
-            except (ProtocolError, Busy, json.JSONDecodeError) as error:
-                self._reply(HTTPStatus.BAD_REQUEST, {"error": str(error)})
-            except Unavailable as error:
-                self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(error)})
-            except Exception as error:  # answered as sglang does, with the reason
-                traceback.print_exc()
-                self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": repr(error)})
+                args = (body, dict(parse_qsl(query))) if takes_query else (body,)
+                self._reply(HTTPStatus.OK, handler(*args))
+            except Exception as error:
+                self._reply(*answer_error(error))
 
         def _reply(self, status: HTTPStatus, answer) -> None:
-            data = json.dumps(answer).encode()
+            """``answer`` None: an empty body (vLLM's ``/health``)."""
+            data = b"" if answer is None else json.dumps(answer).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            if answer is not None:
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -75,8 +85,14 @@ def _handler_class(routes: dict):
     return Handler
 
 
-def make_http_server(server: EngineServer, host: str, port: int) -> ThreadingHTTPServer:
-    """Bound (port 0: a free one, read it from ``.server_address``), not yet serving."""
-    httpd = ThreadingHTTPServer((host, port), _handler_class(_routes(server)))
+def make_http_server(
+    server: EngineServer, host: str, port: int, routes: dict | None = None, answer_error=None
+) -> ThreadingHTTPServer:
+    """Bound (port 0: a free one, read it from ``.server_address``), not yet serving.
+    ``routes`` (default: sglang's over ``server``): path -> (methods, handler(body)), or
+    (methods, handler(body, query), "query") for a route that reads its query string;
+    ``answer_error``: an exception -> (status, body) (default: sglang's)."""
+    handler = _handler_class(routes or _routes(server), answer_error or sglang_error)
+    httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
     return httpd
