@@ -6,7 +6,7 @@ Prints mean +- std of the final held-out accuracy per arm and writes ``ablation.
 
     python tools/ablation.py [--output runs/ablation] [--seeds 0 1 2] [--sweep strategy|rho]
                              [--task fold|templated] [--model 0.8M|3.0M] [--set steps=40 ...]
-                             [--arms "top 20%" "all tokens"]
+                             [--arms "top 20%" "all tokens"] [--report-only]
 
 ``--task templated``: the task in the paper's regime (``DataConfig(task="templated")``, its own
 base model and recipe, ``recipes/tiny_qwen3_cpu.rl_templated``); use another ``--output``.
@@ -15,7 +15,8 @@ its own ``--output``. The strategy sweep writes ``ablation.json``/``.png``, the 
 ``ablation_rho.json``/``.png``; the two sweeps share the top-20% runs.
 
 Each (arm, seed) run is its own folder; a finished one with the same settings is not rerun, so
-an interrupted ablation continues where it stopped.
+an interrupted ablation continues where it stopped. ``--report-only`` writes the table and plot
+of the runs finished so far (an arm with none is left out; the seeds column says how many).
 """
 
 import argparse
@@ -63,6 +64,9 @@ def parse_args():
     parser.add_argument(
         "--arms", nargs="+", default=None, help='a part of the sweep, e.g. "top 20%%" "all tokens"'
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="tables and plot of the finished runs only"
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     return parser.parse_args()
 
@@ -76,21 +80,30 @@ def chosen_arms(sweep: str, names: list[str] | None) -> dict:
     return {arm: value for arm, value in arms.items() if names is None or arm in names}
 
 
+def finished_run(run_dir: Path, overrides: list[str], task: str) -> dict | None:
+    """The summary of a finished run with these settings, or None."""
+    from megatron_fork.reporting.run_report import SUMMARY_FILE
+
+    done = run_dir / SUMMARY_FILE
+    if not done.is_file():
+        return None
+    summary = json.loads(done.read_text())
+    same = summary.get("overrides") == overrides and summary.get("task", "fold") == task
+    return summary if same else None
+
+
 def run_arm(base: Path, run_dir: Path, seed: int, overrides: list[str], task: str = "fold") -> dict:
-    """One RL run (fresh unless its summary exists); its summary."""
+    """One RL run (fresh unless it finished with these settings); its summary."""
     import shutil
 
-    from megatron_fork.reporting.run_report import SUMMARY_FILE, write_run_report
+    from megatron_fork.reporting.run_report import write_run_report
     from megatron_fork.trainer.overrides import apply_overrides
     from megatron_fork.trainer.rl_loop import run_rl
     from recipes import tiny_qwen3_cpu
 
-    done = run_dir / SUMMARY_FILE
-    if done.is_file():
-        summary = json.loads(done.read_text())
-        same_task = summary.get("task", "fold") == task
-        if summary.get("overrides") == overrides and same_task:  # keep the finished run
-            return summary
+    summary = finished_run(run_dir, overrides, task)
+    if summary is not None:  # keep the finished run
+        return summary
     shutil.rmtree(run_dir / "run", ignore_errors=True)
     config = getattr(tiny_qwen3_cpu, TASKS[task][1])(base, run_dir / "run", seed)
     config = apply_overrides(config, [*overrides, "progress=False", "tensorboard=False"])
@@ -154,13 +167,25 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = output / arm.replace(" ", "_").replace("%", "pct") / f"seed{seed}"
             overrides = [*DEFAULT_OVERRIDES, *arm_overrides, *args.set]
-            summary = run_arm(base, run_dir, seed, overrides, args.task)
+            if args.report_only:
+                summary = finished_run(run_dir, overrides, args.task)
+                if summary is None:
+                    continue
+            else:
+                summary = run_arm(base, run_dir, seed, overrides, args.task)
             results[arm].append(summary)
             print(
                 f"{arm} seed {seed}: {summary['base_accuracy']:.3f} -> "
                 f"{summary['final_accuracy']:.3f}",
                 flush=True,
             )
+    write_report(results, args, output, time.perf_counter() - start)
+
+
+def write_report(results: dict, args, output: Path, wall_seconds: float) -> None:
+    """``ablation.json`` (``ablation_rho.json``) and the plot of the runs in ``results``, and
+    the table on stdout; an arm without runs (``--report-only``) is left out."""
+    results = {arm: runs for arm, runs in results.items() if runs}  # --report-only
     table = {
         arm: {
             "final_mean": statistics.mean(r["final_accuracy"] for r in runs),
@@ -176,7 +201,7 @@ def main() -> None:
         "task": args.task,
         "model": args.model,
         "arms": table,
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": wall_seconds,
     }
     stem = "ablation" if args.sweep == "strategy" else f"ablation_{args.sweep}"
     (output / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
