@@ -15,6 +15,9 @@ from megatron_fork.rollout.sglang_protocol import (
 )
 from megatron_fork.rollout.types import GenerationRequest, Sample
 
+RESUME_TAGS = {"weights": ("weights",), "kv_cache": ("kv_cache", "cuda_graph")}
+"""sglang's tags (``srt/constants.py:2-4``) of each part resumed: CUDA graphs with the cache."""
+
 
 class ServerError(RuntimeError):
     """A server did not answer, or answered with an error (``status`` None: no answer)."""
@@ -121,11 +124,32 @@ class ServerClient:
         return answer
 
     def release_memory_occupation(self, tags: list[str] | None = None) -> None:
-        """Colocated engines (``--enable-memory-saver``): free weights/KV cache for training."""
+        """Colocated engines (``--enable-memory-saver``): free weights/KV cache for training.
+        sglang asserts the server is fully idle (a failed assertion ends the server,
+        ``weight_updater.py:184-187``): use ``release_memory``."""
         self.call("/release_memory_occupation", {"tags": tags})
 
     def resume_memory_occupation(self, tags: list[str] | None = None) -> None:
+        """A tag that is not released ends the server (``set.remove``, ``weight_updater.py:
+        229-236``): resume only what was released."""
         self.call("/resume_memory_occupation", {"tags": tags})
+
+    def release_memory(self) -> None:
+        """Everything released (weights, KV cache, CUDA graphs), the server left paused: paused
+        (abort) and flushed first, so it is idle when it releases and stays so (a request
+        sent while released waits on the pause instead of running on freed memory; sglang
+        has no check of its own)."""
+        self.prepare_for_update()
+        self.release_memory_occupation(None)
+
+    def resume_memory(self, part: str) -> None:
+        """``part`` back: "weights", or "kv_cache" (with the CUDA graphs); generation stays
+        paused (``finish_sync`` continues it)."""
+        self.resume_memory_occupation(list(RESUME_TAGS[part]))
+
+    def released(self) -> bool | None:
+        """Whether the server's memory is released: sglang 0.5.15 reports it nowhere (None)."""
+        return None
 
     def update_weights_from_tensor(self, update: UpdateWeightsFromTensor) -> dict:
         """Colocated engines (GPU): payloads of CUDA IPC handles, one per engine TP rank."""

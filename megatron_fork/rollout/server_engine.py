@@ -15,6 +15,10 @@ server here): requests spread over the servers; the controller's side of a weigh
   which generation continues and every server must report that version. ``abandon_sync`` after
   a failure anywhere leaves every server marked for a full resync, so partial weights never
   serve; a restarted server serves only once it holds the current weights.
+- Colocated engines (``rollout.placement=colocated``): ``release_memory`` after generation
+  (paused, everything released); ``begin_sync`` resumes the weights' memory before the
+  buckets and ``finish_sync`` the KV cache before generation continues, on the servers that
+  released them (a restarted server released nothing).
 - ``update_weights`` runs a whole sync in this process through one sender of its own (a model
   held in one process, e.g. tests and ``tools/bench_weight_sync.py``).
 """
@@ -84,6 +88,9 @@ class ServerRolloutEngine:
         self._syncing = False
         self._sender = StageSender(master_address)
         self.counters = {"requests_retried": 0, "servers_restarted": 0}
+        self._released = [set() for _ in urls]  # parts released on each server (colocated)
+        self.released_record = None
+        """A ``released_memory.ReleasedRecord`` kept up to date (colocated, set by the loop)."""
 
     @property
     def version(self) -> int:
@@ -146,7 +153,8 @@ class ServerRolloutEngine:
         and caches flushed (vLLM: and a weight-update session opened); the plan every stage's
         sender follows. A failure abandons the sync."""
         try:
-            if self._restart_down_servers():
+            self.resume_memory("weights")  # colocated: the weights' memory, not their values
+            if self._restart_down_servers():  # those down, or that died while released
                 self._epoch += 1  # the group's members changed: every sender forms it anew
             for client in self.clients:
                 client.prepare_for_update()
@@ -179,7 +187,10 @@ class ServerRolloutEngine:
                 during=lambda: None,
             )
             self._version, self._syncing = version, False
+            lost = self.resume_memory("kv_cache")  # colocated: before generation continues
             for i, client in enumerate(self.clients):
+                if i in lost:  # died while released: restarted at the next sync
+                    continue
                 client.resume()
                 reported = client.weight_version()
                 if reported != version:
@@ -225,6 +236,47 @@ class ServerRolloutEngine:
         if version is not None:
             self.finish_sync(version)
 
+    def release_memory(self) -> None:
+        """Colocated engines hand their memory to the trainer (all of it: weights, KV cache,
+        CUDA graphs) and stay paused until the next sync's ``finish_sync``. A server that fails
+        to release is taken as down: a pool restarts it at the next sync (resident, and synced
+        in full before it serves); servers at fixed URLs are only resynced."""
+        self.counters["memory_releases"] = self.counters.get("memory_releases", 0) + 1
+        for i, client in enumerate(self.clients):
+            if self._state[i] == DOWN:
+                continue
+            try:
+                client.release_memory()
+                self._released[i] = {"weights", "kv_cache"}
+            except ServerError:
+                self._state[i] = DOWN
+        self._record()
+
+    def resume_memory(self, part: str) -> list[int]:
+        """``part`` ("weights" or "kv_cache") back on every server that released it; values
+        come back only with the weights a sync sends. A server that fails (it died while
+        released) is taken as down: ``begin_sync`` restarts it before the buckets when a pool
+        supervises it (fresh, resident, synced in full), else its sync fails naming it;
+        ``finish_sync`` leaves it out of generation until the next sync restarts it. Returns
+        the servers that failed."""
+        lost = []
+        for i, client in enumerate(self.clients):
+            if part not in self._released[i] or self._state[i] == DOWN:
+                continue
+            try:
+                client.resume_memory(part)
+                self._released[i].discard(part)
+            except ServerError:
+                self._state[i] = DOWN
+                lost.append(i)
+        self._record()
+        return lost
+
+    def _record(self) -> None:
+        if self.released_record is not None:
+            urls = [client.url for client in self.clients]
+            self.released_record.write(dict(zip(urls, self._released, strict=True)))
+
     def _restart_down_servers(self) -> bool:
         down = [i for i, state in enumerate(self._state) if state == DOWN]
         if self.pool is None:
@@ -233,7 +285,7 @@ class ServerRolloutEngine:
             url = self.pool.restart(index)
             old = self.clients[index]
             self.clients[index] = SERVERS[self.protocol].client(url, old.timeout_s, old.api_key)
-            self._state[index] = RESYNC
+            self._state[index], self._released[index] = RESYNC, set()  # a fresh server
             self.counters["servers_restarted"] += 1
         return bool(down)
 

@@ -159,7 +159,8 @@ def wait_until_healthy(
     may have been left paused by a trainer that died mid-sync (sglang's health probe waits on
     the pause): it is resumed; the first sync replaces its weights before anything is
     generated. TimeoutError names the servers that never answered. ``client``: as
-    ``ServerPool``'s (a vLLM engine's ``/health`` answers while paused: nothing to resume)."""
+    ``ServerPool``'s (a vLLM engine's ``/health`` answers while paused or asleep: it is
+    woken)."""
     waiting = list(urls)
     deadline = time.monotonic() + timeout_s
     while waiting:
@@ -174,8 +175,13 @@ def wait_until_healthy(
 
 
 def _ready(client: ServerClient, timeout_s: float) -> bool:
-    """Healthy now; else resumed when it is up but paused (checked again at the next poll)."""
+    """Healthy now (a vLLM engine left asleep by a killed colocated trainer is woken, all of
+    it: ``/is_sleeping``, then ``/wake_up``; sglang reports no release, ``released`` None:
+    the loop wakes it from its record, ``released_memory.py``); else resumed when it is up
+    but paused (checked again at the next poll)."""
     if client.healthy(timeout_s):
+        if client.released():
+            client.wake_up()
         return True
     if client.answers(timeout_s):
         try:

@@ -106,6 +106,29 @@ class VllmClient:
         """Paused (abort; vLLM clears its caches then), before a weight update."""
         self.pause("abort")
 
+    # sleep mode (colocated engines, ``--enable-sleep-mode``)
+
+    def release_memory(self) -> None:
+        """``/sleep?level=2&mode=abort``: the scheduler paused (running requests aborted, new
+        ones refused with 503), weights and KV cache dropped (``EngineCore.sleep``,
+        ``v1/engine/core.py:1090-1141``). Level 2, not 1: the weights are synced after waking,
+        so a copy on the host would only cost host memory and PCIe time."""
+        self.call("/sleep?level=2&mode=abort", {})
+
+    def resume_memory(self, part: str) -> None:
+        """``/wake_up?tags=part`` ("weights": also the CUDA graphs, which are not deferrable,
+        ``device_allocator/cumem.py:364-381``; "kv_cache"). The scheduler resumes by itself
+        once nothing sleeps (``core.py:1164-1168``)."""
+        self.call(f"/wake_up?tags={part}", {})
+
+    def released(self) -> bool:
+        """``/is_sleeping``: paused or any memory asleep."""
+        return bool(self.call("/is_sleeping", timeout_s=30.0)["is_sleeping"])
+
+    def wake_up(self) -> None:
+        """Everything awake (no tags: all; tags not asleep are skipped)."""
+        self.call("/wake_up", {})
+
     def commit_version(self, version: int) -> None:
         """After every stage's session: the engine's version becomes ``version``."""
         self.call("/update_weight_version", {"new_version": str(version)})

@@ -47,6 +47,11 @@ class RolloutConfig:
     """Where the engines run: "disaggregated" (their own GPUs; the Qwen3 recipes' engine nodes)
     or "colocated" (the training GPUs, memory handed back and forth every step: engines
     release theirs while the trainer trains and resume it before the weight sync)."""
+    trainer_offload: str = "all"
+    """Colocated: what the trainer moves off its GPUs around the rollout (the planner's
+    ``RolloutPlacement.trainer_offload``): "all" (gradients freed and optimizer state to host
+    before the sync, the weights too after it), "optimizer" (keeps the weights) or "none"
+    (``trainer/trainer_offload.py``; a counted no-op on the CPU backend)."""
     servers: int = 2
     server_urls: tuple[str, ...] = ()
     """Rollout servers already running (e.g. sglang); none is started or restarted then."""
@@ -75,6 +80,10 @@ class RolloutConfig:
         _require(
             self.placement in ("disaggregated", "colocated"),
             "rollout.placement: 'disaggregated' or 'colocated'",
+        )
+        _require(
+            self.trainer_offload in ("all", "optimizer", "none"),
+            "rollout.trainer_offload: 'all', 'optimizer' or 'none'",
         )
         _require(self.servers >= 1, "rollout.servers must be >= 1")
         _require(self.server_tp_size >= 1, "rollout.server_tp_size must be >= 1")

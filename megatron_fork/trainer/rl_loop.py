@@ -10,6 +10,7 @@ reproduces, on CPU, the metrics of an uninterrupted run exactly.
 import dataclasses
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from megatron_fork.trainer.actor import (
     device,
     init_parallel,
     learning_rate,
+    read_model_config,
     set_learning_rate,
     shutdown_parallel,
 )
@@ -32,6 +34,13 @@ from megatron_fork.trainer.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+)
+from megatron_fork.trainer.colocation import (
+    Colocation,
+    Disaggregated,
+    is_colocated,
+    trainer_state,
+    wake_engines_left_released,
 )
 from megatron_fork.trainer.controller import Controller
 from megatron_fork.trainer.dynamic_sampling import DynamicSamplingExhausted
@@ -51,6 +60,9 @@ from megatron_fork.trainer.train_batch import (
 from megatron_fork.trainer.weight_sync import WeightSync
 
 RUN_CONFIG_FILE = "run_config.json"
+SUPPORTED_PLACEMENTS = ("disaggregated", "colocated")
+"""``rollout.placement`` values the loop runs (``trainer/colocation.py``; the bring-up kit's
+colocation check reads this)."""
 
 
 def _gather_last_stage_metrics(metrics: dict | None) -> dict | None:
@@ -99,6 +111,23 @@ def _start_lock(output_dir: str) -> RunLock:
 def _run(config: RLConfig) -> dict | None:
     checkpoints = Path(config.output_dir) / "checkpoints"
     latest = latest_checkpoint(checkpoints)
+    colocated = is_colocated(config)
+    state = trainer_state(latest) if colocated else {"step": 0, "prompt_cursor": 0}
+
+    def start_controller(hf_config) -> Controller:
+        _write_run_config(config)
+        resumed_step = state["step"] if latest is not None else -1  # -1: a fresh log
+        return Controller(config, hf_config, state["prompt_cursor"], resumed_step)
+
+    def start_colocated() -> Controller:
+        """Engines first, released before the trainer builds its model (the planner's
+        training phase holds only their residue)."""
+        wake_engines_left_released(config)
+        controller = start_controller(read_model_config(config.base_model))
+        Colocation.release_after_start(config, controller.engine)
+        return controller
+
+    controller = made_on_rank0(start_colocated) if colocated else None
     # Resuming: the checkpoint overwrites the weights, so the base model's are not read.
     actor = build_actor(
         config.base_model,
@@ -112,16 +141,10 @@ def _run(config: RLConfig) -> dict | None:
     reference = None
     if loss_config.kl_coef > 0:  # the KL term's reference: the frozen base model
         reference = build_reference_model(config.base_model, config.parallel, config.precision)
-    state = {"step": 0, "prompt_cursor": 0}
     if latest is not None:
         state = load_checkpoint(latest, actor.model, actor.optimizer)
-
-    def start_controller() -> Controller:
-        _write_run_config(config)
-        resumed_step = state["step"] if latest is not None else -1  # -1: a fresh log
-        return Controller(config, actor.hf_config, state["prompt_cursor"], resumed_step)
-
-    controller = made_on_rank0(start_controller)  # its errors reach every rank
+    if not colocated:  # its errors reach every rank
+        controller = made_on_rank0(lambda: start_controller(actor.hf_config))
     pad_id = from_rank0(lambda: controller.pad_id)
     engine = controller.engine if controller else None
     weights = WeightSync(
@@ -131,21 +154,22 @@ def _run(config: RLConfig) -> dict | None:
         config.rollout.weight_bucket_bytes,
         store_address=config.rollout.master_address,  # each stage leader's own host
     )
+    placement = Colocation(config, weights, engine, actor) if colocated else Disaggregated(weights)
     last = None
     try:
-        weights.sync(state["step"])
+        placement.sync(state["step"])
         if state["step"] == 0:
             from_rank0(
                 lambda: controller.log.log(0, {**controller.evaluate(), **controller.data_metrics})
             )
         with StepProgress(config.steps, state["step"], config.progress and is_rank0()) as bar:
             for step in range(state["step"] + 1, config.steps + 1):
-                last = _rl_step(
-                    config, actor, reference, groups, loss_config, controller, weights, pad_id, step
-                )
+                models = (actor, reference, groups, loss_config)
+                last = _rl_step(config, *models, controller, placement, pad_id, step)
                 bar.advance(last or {})
                 if _due(config.checkpoint_every, step, config):
-                    _checkpoint(config, checkpoints, step, actor, controller)
+                    save = partial(_checkpoint, config, checkpoints, step, actor, controller)
+                    placement.checkpoint(save, step)
     finally:
         weights.close()
         if controller:
@@ -178,9 +202,10 @@ def _checkpoint(config: RLConfig, root: Path, step: int, actor, controller) -> N
 
 
 def _rl_step(
-    config, actor, reference, groups, loss_config, controller, weights, pad_id, step
+    config, actor, reference, groups, loss_config, controller, placement, pad_id, step
 ) -> dict | None:
-    """One RL step on every rank; its metrics (logged) on rank 0."""
+    """One RL step on every rank; its metrics (logged) on rank 0. ``placement``: what happens
+    around the rollout and the weight sync (``colocation.py``)."""
     start = time.perf_counter()
     batches = []  # rank 0's rollout batch (its metrics stay there)
     multiple = row_multiple(get_model_config(actor.model))
@@ -200,6 +225,7 @@ def _rl_step(
 
     # Each DP rank gets its own samples as tensors (nothing pickled, nothing else's).
     mine = scatter_rollout(rollout, ScatterGroups.from_parallel_state(), device())
+    placement.after_rollout()  # colocated: the engines' memory to the trainer
     rollout_s = time.perf_counter() - start
     lr = learning_rate(config.optimizer, step)
     set_learning_rate(actor, lr)
@@ -214,9 +240,9 @@ def _rl_step(
         reference_model=reference,
     )
     train_metrics = _gather_last_stage_metrics(train_metrics)
+    placement.sync(step)
     if train_metrics is not None:  # rank 0
-        train_metrics["optim/lr"] = lr
-    weights.sync(step)
+        train_metrics.update({"optim/lr": lr, **placement.metrics()})
     train_s = time.perf_counter() - start - rollout_s
 
     def evaluate_and_log() -> None:

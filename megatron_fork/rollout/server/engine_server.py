@@ -8,6 +8,8 @@ bucket is received outside the engine lock and applied under it, so generation n
 half-applied bucket; the version changes only with a bucket that names one.
 """
 
+import os
+import sys
 import threading
 import time
 import uuid
@@ -17,6 +19,12 @@ from torch.distributed import TCPStore
 
 from megatron_fork.models.hf_weights import HFWeights
 from megatron_fork.rollout.fp8 import dequantize_named_tensors
+from megatron_fork.rollout.server.memory import (
+    CUDA_GRAPH,
+    KV_CACHE,
+    WEIGHTS,
+    ModelMemory,
+)
 from megatron_fork.rollout.sglang_protocol import (
     InitWeightsUpdateGroup,
     ProtocolError,
@@ -30,6 +38,8 @@ from megatron_fork.rollout.weight_group import DEFAULT_TIMEOUT as GROUP_TIMEOUT
 from megatron_fork.rollout.weight_group import join_weight_group, receive_tensors
 
 PAUSE_MODES = ("abort", "retract", "in_place")
+MEMORY_TAGS = (WEIGHTS, KV_CACHE, CUDA_GRAPH)
+"""sglang's ``GPU_MEMORY_ALL_TYPES`` (``srt/constants.py:2-4``): what no tags means."""
 
 
 class Busy(Exception):
@@ -58,10 +68,12 @@ class EngineServer:
         self._open.set()  # cleared while generation is paused
         self._abort = False
         self._groups = {}
+        self.memory = ModelMemory(engine.model, MEMORY_TAGS)
 
     def generate(self, body: dict) -> list[dict]:
         requests = requests_from_payload(body)
         with self.claimed([r.request_id for r in requests]), self._engine_when_open():
+            self.memory.check_resident("generation")
             self._generating = True
             try:
                 samples = self.engine.generate(requests, abort=lambda: self._abort)
@@ -119,6 +131,7 @@ class EngineServer:
         rid = f"HEALTH_CHECK_{uuid.uuid4().hex}"  # unique, as sglang's probe ids
         probe = GenerationRequest((0,), SamplingParams(max_new_tokens=1, seed=0), rid)
         with self._engine_when_open(self.health_timeout_s):
+            self.memory.check_resident("generation")
             self.engine.generate([probe])
         return {}
 
@@ -199,6 +212,7 @@ class EngineServer:
     def apply_weights(self, named, weight_version) -> dict:
         version = None if weight_version is None else int(weight_version)
         with self._engine_lock:
+            self.memory.check_resident("a weight update")
             self.engine.update_weights(named, version=version)
         return {"success": True, "message": f"weight version {self.engine.version}"}
 
@@ -217,3 +231,40 @@ class EngineServer:
         with self._engine_lock:
             self.engine.update_weights((), version=int(version))
         return {"success": True, "message": str(self.engine.version)}
+
+    def release_memory_occupation(self, body: dict) -> None:
+        """sglang's ``/release_memory_occupation {tags}`` (``WeightUpdater.
+        release_memory_occupation``, ``scheduler_components/weight_updater.py:184-225``): no
+        tags means all; the scheduler asserts the server is fully idle, and a failed assertion
+        ends the scheduler and the server (``scheduler.py:4343-4351``), as here. The handler
+        returns nothing (an empty 200)."""
+        tags = _tags(body)
+        if self._engine_lock.locked() or self._generating:
+            fatal("AssertionError: release_memory_occupation needs an idle server")
+        self.memory.release(tags)
+
+    def resume_memory_occupation(self, body: dict) -> None:
+        """sglang's ``/resume_memory_occupation {tags}`` (``weight_updater.py:229-262``): no
+        tags means all; each tag is removed from the released set with ``set.remove``, so a tag
+        that is not released raises KeyError in the scheduler, which ends the server."""
+        tags = _tags(body)
+        missing = [tag for tag in tags if tag not in self.memory.released]
+        if missing:
+            fatal(f"KeyError: {missing[0]!r} (resume_memory_occupation of a tag not released)")
+        self.memory.resume(tags)
+
+
+def _tags(body: dict) -> list[str]:
+    """``ReleaseMemoryOccupationReqInput.tags`` (``io_struct.py:1698-1716``): None or [] is
+    every tag."""
+    tags = body.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise ProtocolError(f"tags must be a list of strings or null, got {tags!r}")
+    return list(tags) if tags else list(MEMORY_TAGS)
+
+
+def fatal(message: str) -> None:
+    """What sglang's scheduler does on an exception: log it and take the server down
+    (``run_scheduler_process``: SIGQUIT to the parent, then the process group killed)."""
+    print(f"Scheduler hit an exception: {message}", file=sys.stderr, flush=True)
+    os._exit(1)

@@ -8,7 +8,7 @@ import json
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl
 
 from megatron_fork.rollout.server.engine_server import Busy, EngineServer, Unavailable
 from megatron_fork.rollout.sglang_protocol import ProtocolError
@@ -29,6 +29,8 @@ def _routes(server: EngineServer) -> dict:
         "/update_weights_from_disk": ({"POST"}, server.update_weights_from_disk),
         "/update_weight_version": ({"POST"}, server.update_weight_version),
         "/model_info": ({"GET"}, lambda body: server.model_info()),
+        "/release_memory_occupation": ({"GET", "POST"}, server.release_memory_occupation),
+        "/resume_memory_occupation": ({"GET", "POST"}, server.resume_memory_occupation),
     }
 
 
@@ -40,6 +42,14 @@ def sglang_error(error: Exception) -> tuple[HTTPStatus, dict]:
         return HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(error)}
     traceback.print_exc()  # answered as sglang does, with the reason
     return HTTPStatus.INTERNAL_SERVER_ERROR, {"error": repr(error)}
+
+
+def _query(query: str, kind: list[str]) -> dict:
+    """The query string: one value per key, or ``"query_lists"``: every value of a repeated
+    key (vLLM's ``/wake_up?tags=a&tags=b``, read with ``query_params.getlist``)."""
+    if kind == ["query_lists"]:
+        return parse_qs(query)
+    return dict(parse_qsl(query))
 
 
 def _handler_class(routes: dict, answer_error=sglang_error):
@@ -64,7 +74,7 @@ def _handler_class(routes: dict, answer_error=sglang_error):
                 body = json.loads(raw) if raw else {}
                 if not isinstance(body, dict):
                     raise ProtocolError(f"the body must be a JSON object: {type(body).__name__}")
-                args = (body, dict(parse_qsl(query))) if takes_query else (body,)
+                args = (body, _query(query, takes_query)) if takes_query else (body,)
                 self._reply(HTTPStatus.OK, handler(*args))
             except Exception as error:
                 self._reply(*answer_error(error))
@@ -90,7 +100,8 @@ def make_http_server(
 ) -> ThreadingHTTPServer:
     """Bound (port 0: a free one, read it from ``.server_address``), not yet serving.
     ``routes`` (default: sglang's over ``server``): path -> (methods, handler(body)), or
-    (methods, handler(body, query), "query") for a route that reads its query string;
+    (methods, handler(body, query), "query") for a route that reads its query string
+    ("query_lists": each key's values as a list);
     ``answer_error``: an exception -> (status, body) (default: sglang's)."""
     handler = _handler_class(routes or _routes(server), answer_error or sglang_error)
     httpd = ThreadingHTTPServer((host, port), handler)

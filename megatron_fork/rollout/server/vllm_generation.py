@@ -68,6 +68,7 @@ class VllmGeneration:
         lock = self.core.engine_lock
         lock.acquire()
         try:
+            self.core.memory.check_resident("generation")  # resumed while asleep: refused
             step = iter(range(1 << 62))
             gate = lambda: self._gate(next(step), epoch, versions)  # noqa: E731
             (sample,) = self.core.engine.generate([request], abort=gate)

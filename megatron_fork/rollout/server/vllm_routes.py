@@ -10,6 +10,8 @@ answers, in its bodies and status codes (vLLM 0.34.0):
   ``/finish_weight_update {weight_version?}``, ``/shutdown_weight_transfer_engine``,
   ``/update_weight_version {new_version}``, ``GET /weight_info``, ``GET /get_world_size``.
 - ``GET /v1/models``: the served model (``id`` and ``root``: its folder).
+- Sleep mode (``--enable-sleep-mode``): ``/sleep``, ``/wake_up``, ``GET /is_sleeping``
+  (``vllm_sleep.py``).
 """
 
 import traceback
@@ -24,6 +26,7 @@ from megatron_fork.rollout.server.vllm_errors import (
     worker_failed,
 )
 from megatron_fork.rollout.server.vllm_generation import VllmGeneration
+from megatron_fork.rollout.server.vllm_sleep import VllmSleep
 from megatron_fork.rollout.server.vllm_transfer import VllmTransfer
 from megatron_fork.rollout.sglang_protocol import ProtocolError
 from megatron_fork.rollout.vllm_protocol import GENERATE_PATH
@@ -36,6 +39,7 @@ class VllmServer:
         self.core = core
         self.generation = VllmGeneration(core, eos_token_id)
         self.transfer = VllmTransfer(core)
+        self.sleep = VllmSleep(self.generation)
 
     def routes(self) -> dict:
         gen, worker = self.generation, self.transfer
@@ -61,6 +65,20 @@ class VllmServer:
             "/weight_info": ({"GET"}, lambda body: core(lambda: {"weight_version": gen.version})),
             "/get_world_size": ({"GET"}, lambda body, query: {"world_size": 1}, "query"),
             "/v1/models": ({"GET"}, lambda body: self._models()),
+            **self._sleep_routes(core),
+        }
+
+    def _sleep_routes(self, core) -> dict:
+        """Sleep mode (``vllm_sleep``): engine-core calls, one at a time with the others."""
+        sleep = self.sleep
+        return {
+            "/sleep": ({"POST"}, lambda body, query: core(lambda: sleep.sleep(query)), "query"),
+            "/wake_up": (
+                {"POST"},
+                lambda body, query: core(lambda: sleep.wake_up(query)),
+                "query_lists",
+            ),
+            "/is_sleeping": ({"GET"}, lambda body: core(sleep.is_sleeping)),
         }
 
     def _models(self) -> dict:

@@ -1,0 +1,160 @@
+"""Colocated engines handing their memory back and forth: two CPU servers in their own processes
+(``--protocol sglang`` and ``vllm``, every test on both), driven by ``ServerRolloutEngine``.
+
+- Release, then a weight sync: the sync resumes the weights' memory before its buckets and the
+  KV cache before generation continues; the engines then serve the synced weights exactly.
+- Released, an engine runs nothing: vLLM refuses new requests with its 503 "Generation is
+  paused" (asleep = paused), sglang holds them on the pause; an engine made to continue while
+  released refuses to generate (a GPU engine would read freed memory). Resumed without a sync,
+  the weights hold no values (they come back only with the sync).
+- Resuming what is not released ends an sglang server, as its scheduler's KeyError does.
+- An engine that dies while released: the next sync restarts it and brings it to the new
+  weights; the step completes on both servers.
+- A vLLM engine left asleep is woken by the start-up wait; an sglang one from the record a
+  trainer keeps.
+"""
+
+import pytest
+
+from megatron_fork.rollout.http_client import ServerError
+from megatron_fork.rollout.released_memory import ReleasedRecord, wake_released
+from megatron_fork.rollout.server_engine import ServerRolloutEngine
+from megatron_fork.rollout.server_kinds import SERVERS
+from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command, wait_until_healthy
+from megatron_fork.rollout.torch_engine import TorchRolloutEngine
+from megatron_fork.rollout.types import GenerationRequest, SamplingParams
+from tests.support.tiny_qwen3 import tiny_qwen3_model
+
+
+def _requests(n=4, tokens=6):
+    return [
+        GenerationRequest((1 + i % 5, 2, 3), SamplingParams(max_new_tokens=tokens, seed=i), f"c{i}")
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(params=["sglang", "vllm"])
+def servers(request, tmp_path):
+    tiny_qwen3_model(seed=0).save_pretrained(tmp_path / "hf")
+    command = cpu_server_command(str(tmp_path / "hf"), protocol=request.param)
+    with ServerPool([command] * 2, client=SERVERS[request.param].client) as pool:
+        pool.protocol = request.param
+        yield pool
+
+
+def _engine(servers) -> ServerRolloutEngine:
+    return ServerRolloutEngine(servers.urls, servers, 60.0, protocol=servers.protocol)
+
+
+def _sync(engine, model, version) -> None:
+    engine.update_weights(list(model.state_dict().items()))
+    engine.update_weights([], version=version)
+
+
+def _reference(seed, version, requests):
+    reference = TorchRolloutEngine(tiny_qwen3_model(seed=seed))
+    reference.update_weights((), version=version)
+    return reference.generate(requests)
+
+
+def _same(got, expected) -> None:
+    for a, b in zip(got, expected, strict=True):
+        assert (a.output_ids, a.finish_reason, a.weight_version) == (
+            b.output_ids, b.finish_reason, b.weight_version,
+        )  # fmt: skip
+
+
+def _generate_raw(client, timeout_s, rid):
+    """One request straight to the server (no retry), as ``client`` speaks."""
+    fast = type(client)(client.url, timeout_s)
+    request = GenerationRequest((1, 2, 3), SamplingParams(max_new_tokens=4, seed=0), rid)
+    return fast.generate([request])
+
+
+def test_release_then_sync_serves_the_synced_weights(servers):
+    engine = _engine(servers)
+    requests = _requests()
+    _same(engine.generate(requests), _reference(0, 0, requests))
+    engine.release_memory()
+    if servers.protocol == "vllm":
+        assert all(client.released() for client in engine.clients)
+    _sync(engine, tiny_qwen3_model(seed=7), 1)
+    _same(engine.generate(requests), _reference(7, 1, requests))
+    assert engine.counters == {
+        "requests_retried": 0, "servers_restarted": 0, "memory_releases": 1,
+    }  # fmt: skip
+
+
+def test_a_released_engine_generates_nothing(servers):
+    engine = _engine(servers)
+    engine.release_memory()
+    client = engine.clients[0]
+    if servers.protocol == "vllm":  # asleep is paused: a new request gets 503, sent back aborted
+        (sample,) = _generate_raw(client, 10.0, "a")
+        assert sample.finish_reason.kind == "abort" and sample.output_ids == ()
+        client.call("/resume", {})  # the scheduler made to run on freed memory
+    else:  # paused: the request waits on the pause
+        with pytest.raises(ServerError, match="no answer"):
+            _generate_raw(client, 2.0, "b")
+        client.resume()
+    with pytest.raises(ServerError, match="released") as refused:
+        _generate_raw(client, 10.0, "c")
+    assert refused.value.status == 500
+
+
+def test_resumed_without_a_sync_the_weights_hold_no_values(servers):
+    engine = _engine(servers)
+    requests = _requests()
+    engine.release_memory()
+    for part in ("weights", "kv_cache"):
+        engine.resume_memory(part)
+    for client in engine.clients:
+        client.resume()
+    got = engine.generate(requests)
+    assert [s.output_ids for s in got] != [s.output_ids for s in _reference(0, 0, requests)]
+
+
+def test_resuming_what_is_not_released_ends_an_sglang_server(servers):
+    client = _engine(servers).clients[0]
+    if servers.protocol == "vllm":  # vLLM logs a warning and wakes nothing
+        assert client.call("/wake_up?tags=weights", {}) == {"status": "awake", "tags": ["weights"]}
+        return
+    with pytest.raises(ServerError, match="no answer"):
+        client.resume_memory("weights")
+    servers.servers[0].process.wait(timeout=30)
+    assert not servers.alive(0)
+
+
+def test_an_engine_that_dies_while_released_is_restarted_by_the_next_sync(servers):
+    engine = _engine(servers)
+    engine.release_memory()
+    servers.servers[0].process.kill()  # during training
+    servers.servers[0].process.wait()
+    _sync(engine, tiny_qwen3_model(seed=3), 1)
+    assert engine.counters["servers_restarted"] == 1
+    requests = _requests()
+    expected = _reference(3, 1, requests)
+    for client in engine.clients:  # both serve the synced weights
+        _same(client.generate(requests), expected)
+
+
+def test_engines_left_released_are_woken_at_start_up(servers, tmp_path):
+    """A killed trainer left them released: the start-up wait wakes vLLM's by itself; sglang's
+    from the trainer's record (it reports no release)."""
+    engine = _engine(servers)
+    record = ReleasedRecord(tmp_path / "released.json")
+    engine.released_record = record
+    engine.release_memory()
+    assert record.read() == {url: ["weights", "kv_cache"] for url in servers.urls}
+    client_class = SERVERS[servers.protocol].client
+    clients = [client_class(url, 30.0) for url in servers.urls]
+    if servers.protocol == "vllm":
+        wait_until_healthy(servers.urls, 60.0, poll_s=0.1, client=client_class)
+        assert not any(client.released() for client in clients)
+    else:
+        wake_released(record, clients)
+        assert record.read() == {}
+    fresh = ServerRolloutEngine(servers.urls, None, 60.0, protocol=servers.protocol)
+    _sync(fresh, tiny_qwen3_model(seed=5), 1)  # the first sync of the restarted trainer
+    requests = _requests()
+    _same(fresh.generate(requests), _reference(5, 1, requests))
