@@ -22,6 +22,15 @@ import torch
 from megatron_fork.planning.layout import TRAINER_OFFLOAD
 
 
+def holds_model_weights(optimizer) -> bool:
+    """Whether an optimizer's param groups are the model's own parameters (Megatron-Core 0.16.1
+    ``FP32Optimizer``, built without bf16/fp16 and without the distributed optimizer,
+    ``optimizer/__init__.py:463-465``), so its ``offload_to_cpu`` (``optimizer.py:344-357``,
+    ``p.data = p.data.cpu()`` per param group) would move the weights themselves."""
+    parts = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    return any(type(part).__name__ == "FP32Optimizer" for part in parts)
+
+
 class TrainerOffload:
     def __init__(self, model, optimizer, policy: str, on_gpu: bool | None = None):
         """``model``: the DDP-wrapped model (or a list of chunks); ``policy``: "all",
@@ -31,6 +40,14 @@ class TrainerOffload:
         self.chunks = model if isinstance(model, list) else [model]
         self.optimizer, self.policy = optimizer, policy
         self.on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+        if self.on_gpu and policy != "none" and holds_model_weights(optimizer):
+            raise ValueError(
+                f"rollout.trainer_offload={policy!r} with fp32 params and no distributed "
+                "optimizer: Megatron's FP32Optimizer steps the model's own weights, so its "
+                "offload_to_cpu would move them to host before the weight sync; use "
+                "precision.params=bf16 or parallel.distributed_optimizer=True (the recipes "
+                "do), or rollout.trainer_offload=none"
+            )
         self.counts = {"offload_for_sync": 0, "offload_for_rollout": 0, "restore": 0}
         self._moved: set[str] = set()  # "state" (grads + optimizer), "weights"
         self._host_params: list = []  # (storage, size, host copy) without a param buffer
