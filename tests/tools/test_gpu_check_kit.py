@@ -23,7 +23,14 @@ QWEN3 = ["qwen3_8b", "qwen3_14b", "qwen3_32b"]
 
 
 def test_each_qwen3_recipe_is_cut_to_half_a_node_plus_one_engine():
-    assert kit_recipes() == QWEN3 == [n for n in RECIPES if n.startswith("qwen3")]
+    """Every disaggregated Qwen3 recipe (the colocated ones have their own kit check,
+    ``colocated_1node``)."""
+    disaggregated = [
+        n
+        for n in RECIPES
+        if n.startswith("qwen3") and build_recipe(n).config.rollout.placement == "disaggregated"
+    ]
+    assert kit_recipes() == QWEN3 == disaggregated
     assert recipe_kit_layout("qwen3_8b") == KitLayout(2, 1, 2, 2)  # the recipe's own TP2 x CP2
     assert recipe_kit_layout("qwen3_14b") == KitLayout(4, 1, 1, 4)  # CP dropped, TP kept
     assert recipe_kit_layout("qwen3_32b") == KitLayout(2, 2, 1, 4)  # PP=2 kept, TP 8 -> 2
