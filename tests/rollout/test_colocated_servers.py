@@ -20,7 +20,7 @@ from megatron_fork.rollout.http_client import ServerError
 from megatron_fork.rollout.released_memory import ReleasedRecord, wake_released
 from megatron_fork.rollout.server_engine import ServerRolloutEngine
 from megatron_fork.rollout.server_kinds import SERVERS
-from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command, wait_until_healthy
+from megatron_fork.rollout.server_pool import wait_until_healthy
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
 from tests.support.tiny_qwen3 import tiny_qwen3_model
@@ -31,15 +31,6 @@ def _requests(n=4, tokens=6):
         GenerationRequest((1 + i % 5, 2, 3), SamplingParams(max_new_tokens=tokens, seed=i), f"c{i}")
         for i in range(n)
     ]
-
-
-@pytest.fixture(params=["sglang", "vllm"])
-def servers(request, tmp_path):
-    tiny_qwen3_model(seed=0).save_pretrained(tmp_path / "hf")
-    command = cpu_server_command(str(tmp_path / "hf"), protocol=request.param)
-    with ServerPool([command] * 2, client=SERVERS[request.param].client) as pool:
-        pool.protocol = request.param
-        yield pool
 
 
 def _engine(servers) -> ServerRolloutEngine:

@@ -21,8 +21,6 @@ import time
 import pytest
 
 from megatron_fork.rollout.server_engine import ServerRolloutEngine
-from megatron_fork.rollout.server_kinds import SERVERS
-from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
 from tests.support.threads import Background
@@ -46,16 +44,6 @@ def _assert_same_samples(got, expected):
         )  # fmt: skip
         pairs = zip(a.output_logprobs, b.output_logprobs, strict=True)
         assert max((abs(x - y) for x, y in pairs), default=0.0) <= 1e-5
-
-
-@pytest.fixture(params=["sglang", "vllm"])
-def servers(request, tmp_path):
-    """Two CPU servers speaking ``request.param``'s protocol (``pool.protocol``)."""
-    tiny_qwen3_model(seed=0).save_pretrained(tmp_path / "hf")
-    command = cpu_server_command(str(tmp_path / "hf"), protocol=request.param)
-    with ServerPool([command] * 2, client=SERVERS[request.param].client) as pool:
-        pool.protocol = request.param
-        yield pool
 
 
 def _engine(servers, **options) -> ServerRolloutEngine:
