@@ -12,9 +12,12 @@ def engine_urls(recipe: Recipe, hosts: list[str]) -> list[str]:
     return [f"http://{h}:{port + i}" for h in hosts for i in range(recipe.launch.engines_per_node)]
 
 
-def with_engines(recipe: Recipe, hosts: list[str], master_address: str) -> Recipe:
+def with_engines(
+    recipe: Recipe, hosts: list[str], master_address: str, start_with_run: bool = False
+) -> Recipe:
     """The recipe's rollout pointed at the engines of ``hosts``; ``master_address``: where the
-    stage leaders host their weight-update groups' stores."""
+    stage leaders host their weight-update groups' stores; ``start_with_run``: the job starts
+    them itself (colocated), so nothing in them is left released by an earlier run."""
     urls = ",".join(repr(u) for u in engine_urls(recipe, hosts))
     config = apply_overrides(
         recipe.config,
@@ -22,6 +25,7 @@ def with_engines(recipe: Recipe, hosts: list[str], master_address: str) -> Recip
             f"rollout.server_urls=({urls},)",
             f"rollout.server_tp_size={recipe.launch.engines.tensor_parallel}",
             f"rollout.master_address={master_address}",
+            f"rollout.engines_start_with_run={start_with_run}",
         ],
     )
     return dataclasses.replace(recipe, config=config)

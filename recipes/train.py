@@ -32,7 +32,7 @@ def with_engines_of_this_job(recipe: Recipe, environ=os.environ) -> Recipe:
     if is_colocated(recipe):
         hosts = colocated_hosts(recipe, environ)
         master = hosts[0] if len(hosts) == 1 else socket.gethostname()  # rank 0's node
-        return with_engines(recipe, hosts, master)
+        return with_engines(recipe, hosts, master, start_with_run=True)  # new in every run
     if not recipe.launch.engines.nodes:
         return recipe
     hosts = [h for h in environ.get(ENGINE_NODES, "").split(",") if h]

@@ -33,6 +33,9 @@ must not capture loopback or cluster-internal traffic)."""
 
 
 class ServerClient:
+    reports_release = False
+    """sglang 0.5.15 says nowhere whether its memory is released (``released_memory.py``)."""
+
     def __init__(self, url: str, timeout_s: float = 600.0, api_key: str | None = None):
         self.url = url.rstrip("/")
         self.timeout_s, self.api_key = timeout_s, api_key

@@ -25,10 +25,12 @@ server here): requests spread over the servers; the controller's side of a weigh
 
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 
 from megatron_fork.rollout.http_client import ServerError
+from megatron_fork.rollout.released_memory import PARTS, EngineMemory
 from megatron_fork.rollout.server_kinds import SERVERS
 from megatron_fork.rollout.server_sync import on_every_server
 from megatron_fork.rollout.stage_sender import StageSender, SyncPlan
@@ -88,7 +90,7 @@ class ServerRolloutEngine:
         self._syncing = False
         self._sender = StageSender(master_address)
         self.counters = {"requests_retried": 0, "servers_restarted": 0}
-        self._released = [set() for _ in urls]  # parts released on each server (colocated)
+        self._memory = [EngineMemory() for _ in urls]  # what each released (colocated)
         self.released_record = None
         """A ``released_memory.ReleasedRecord`` kept up to date (colocated, set by the loop)."""
 
@@ -238,19 +240,21 @@ class ServerRolloutEngine:
 
     def release_memory(self) -> None:
         """Colocated engines hand their memory to the trainer (all of it: weights, KV cache,
-        CUDA graphs) and stay paused until the next sync's ``finish_sync``. A server that fails
-        to release is taken as down: a pool restarts it at the next sync (resident, and synced
-        in full before it serves); servers at fixed URLs are only resynced."""
+        CUDA graphs) and stay paused until the next sync's ``finish_sync``. An engine that
+        fails to release may still hold its memory, beside which the trainer would run out
+        of it: a pool stops it now (restarted at the next sync, resident, synced in full
+        before it serves); at fixed URLs the step fails naming it."""
         self.counters["memory_releases"] = self.counters.get("memory_releases", 0) + 1
         for i, client in enumerate(self.clients):
             if self._state[i] == DOWN:
                 continue
             try:
-                client.release_memory()
-                self._released[i] = {"weights", "kv_cache"}
-            except ServerError:
+                self._move_memory(i, set(PARTS), client.release_memory, released=True)
+            except ServerError as error:
                 self._state[i] = DOWN
-        self._record()
+                self._stop_unreleased(i, error)
+            finally:
+                self._record()
 
     def resume_memory(self, part: str) -> list[int]:
         """``part`` ("weights" or "kv_cache") back on every server that released it; values
@@ -261,21 +265,45 @@ class ServerRolloutEngine:
         the servers that failed."""
         lost = []
         for i, client in enumerate(self.clients):
-            if part not in self._released[i] or self._state[i] == DOWN:
+            if part not in self._memory[i].released or self._state[i] == DOWN:
                 continue
             try:
-                client.resume_memory(part)
-                self._released[i].discard(part)
+                self._move_memory(i, {part}, partial(client.resume_memory, part), False)
             except ServerError:
                 self._state[i] = DOWN
                 lost.append(i)
-        self._record()
+            finally:
+                self._record()
         return lost
+
+    def _move_memory(self, index: int, parts: set[str], call, released: bool) -> None:
+        """``call`` with ``parts`` of engine ``index`` on record as in doubt while it runs
+        (``released_memory.py``); once it answers, as ``released`` or not. A failure leaves
+        them in doubt (the engine may have acted) until the engine is restarted."""
+        memory = self._memory[index]
+        memory.released -= parts
+        memory.in_doubt = set(parts)
+        self._record()
+        call()
+        memory.in_doubt = set()
+        if released:
+            memory.released |= parts
+
+    def _stop_unreleased(self, index: int, error: ServerError) -> None:
+        if self.pool is None:
+            raise RuntimeError(
+                f"the colocated engine at {self.clients[index].url} did not release its memory "
+                f"({error}); the trainer cannot take its GPUs back beside it. Restart that "
+                "engine, then remove its entry from the released-memory record "
+                "(released_engines.json in the output directory) and start the run again"
+            ) from error
+        self.pool.stop(index)  # its memory freed now; started again at the next sync
+        self._memory[index] = EngineMemory()
 
     def _record(self) -> None:
         if self.released_record is not None:
             urls = [client.url for client in self.clients]
-            self.released_record.write(dict(zip(urls, self._released, strict=True)))
+            self.released_record.write(dict(zip(urls, self._memory, strict=True)))
 
     def _restart_down_servers(self) -> bool:
         down = [i for i, state in enumerate(self._state) if state == DOWN]
@@ -285,7 +313,7 @@ class ServerRolloutEngine:
             url = self.pool.restart(index)
             old = self.clients[index]
             self.clients[index] = SERVERS[self.protocol].client(url, old.timeout_s, old.api_key)
-            self._state[index], self._released[index] = RESYNC, set()  # a fresh server
+            self._state[index], self._memory[index] = RESYNC, EngineMemory()  # fresh
             self.counters["servers_restarted"] += 1
         return bool(down)
 

@@ -82,14 +82,14 @@ class ServerPool:
 
     def restart(self, index: int) -> str:
         """Stop server ``index`` if it still runs, start it again; its (new) URL."""
-        self._stop(index)
+        self.stop(index)
         self._launch(index)
         self._wait_ready(index)
         return self.servers[index].url
 
     def close(self) -> None:
         for index in range(len(self.servers)):
-            self._stop(index)
+            self.stop(index)
 
     def __enter__(self):
         return self
@@ -132,10 +132,12 @@ class ServerPool:
             if server.url and self.client(server.url).healthy(timeout_s=10.0):
                 return
             time.sleep(0.1)
-        self._stop(index)
+        self.stop(index)
         raise TimeoutError(f"rollout server {index} not healthy in {self.startup_timeout_s} s")
 
-    def _stop(self, index: int) -> None:
+    def stop(self, index: int) -> None:
+        """Server ``index`` ended (terminated, killed after 10 s) if it still runs; its GPU
+        memory with it. ``restart`` starts it again."""
         process = self.servers[index].process
         if process is not None and process.poll() is None:
             process.terminate()

@@ -37,6 +37,9 @@ MAX_IN_FLIGHT = 256
 
 
 class VllmClient:
+    reports_release = True
+    """``/is_sleeping`` answers whether its memory is released."""
+
     def __init__(
         self,
         url: str,

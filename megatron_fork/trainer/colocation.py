@@ -49,15 +49,19 @@ def trainer_state(latest: Path | None) -> dict:
 
 def wake_engines_left_released(config) -> None:
     """Rank 0, before the controller waits for the engines at ``rollout.server_urls``: the
-    parts a killed trainer left released, resumed (vLLM's sleep is also woken by the start-up
-    wait itself, ``server_pool.wait_until_healthy``)."""
+    parts a killed trainer left released, resumed where the engine cannot say so itself
+    (sglang; vLLM's sleep is woken by the start-up wait, ``server_pool.wait_until_healthy``).
+    Engines started here (a pool) or with the run (``rollout.engines_start_with_run``) are new:
+    the record is dropped. EngineStateUnknown when a kill left one in doubt."""
     rollout = config.rollout
-    if not rollout.server_urls:
-        return  # servers started here are new
+    record = ReleasedRecord(Path(config.output_dir) / RELEASED_RECORD)
+    if not rollout.server_urls or rollout.engines_start_with_run:
+        record.write({})
+        return
     api_key = os.environ.get(API_KEY_VARIABLES[rollout.backend])
     client = SERVERS[rollout.backend].client
     clients = [client(url, rollout.request_timeout_s, api_key) for url in rollout.server_urls]
-    wake_released(ReleasedRecord(Path(config.output_dir) / RELEASED_RECORD), clients)
+    wake_released(record, clients)
 
 
 class Disaggregated:
@@ -81,11 +85,13 @@ class Disaggregated:
 
 
 class Colocation(Disaggregated):
-    def __init__(self, config, weights, engine, actor):
-        """``engine``: the server engine on rank 0 (None elsewhere)."""
+    def __init__(self, config, weights, engine, actor, reference=None):
+        """``engine``: the server engine on rank 0 (None elsewhere); ``reference``: the KL
+        term's frozen model (offloaded with the weights)."""
         super().__init__(weights)
         self.engine = engine
-        self.offload = TrainerOffload(actor.model, actor.optimizer, config.rollout.trainer_offload)
+        policy = config.rollout.trainer_offload
+        self.offload = TrainerOffload(actor.model, actor.optimizer, policy, frozen=reference)
 
     @staticmethod
     def release_after_start(config, engine) -> None:

@@ -68,6 +68,12 @@ class RolloutConfig:
     reach it: loopback for local servers; "hostname" for the host name of the process that
     reads it, so leaders on different nodes each name their own (``recipes.train`` sets each
     process's own host name)."""
+    engines_start_with_run: bool = False
+    """The engines at ``server_urls`` start anew with every run of the trainer (a colocated
+    recipe's, started by its own training nodes, ``recipes.colocated_engines``): nothing in
+    them was left released by an earlier run, whose record (``released_engines.json``) is
+    dropped unread. Without it, engines at ``server_urls`` outlive the trainer and a
+    restarted run wakes those it left released (``rollout/released_memory.py``)."""
     server_tp_size: int = 1
     """GPUs per engine at ``server_urls`` (each TP rank joins the weight-update group)."""
     engine_startup_timeout_s: float = 1800.0

@@ -154,7 +154,10 @@ def _run(config: RLConfig) -> dict | None:
         config.rollout.weight_bucket_bytes,
         store_address=config.rollout.master_address,  # each stage leader's own host
     )
-    placement = Colocation(config, weights, engine, actor) if colocated else Disaggregated(weights)
+    if colocated:
+        placement = Colocation(config, weights, engine, actor, reference)
+    else:
+        placement = Disaggregated(weights)
     last = None
     try:
         placement.sync(state["step"])

@@ -11,6 +11,8 @@ planner assumes it (``planning/colocation.py``: ``KEPT_DURING_SYNC``, ``KEPT_DUR
   ``reload_from_cpu`` (``distributed/param_and_grad_buffer.py:964-992``: pinned host copy,
   storage resized to 0), which exists only with the distributed optimizer (:746-751); without
   it each parameter's storage is moved the same way here;
+- the KL term's frozen reference model (``loss.kl_coef > 0``) moves with the weights ("all"),
+  each parameter's storage, so the engines generate beside no trainer weights at all;
 - after the engines released their memory: everything back before training.
 
 Only on a GPU: on the CPU backend there is no device memory to hand over, so every call is a
@@ -32,13 +34,15 @@ def holds_model_weights(optimizer) -> bool:
 
 
 class TrainerOffload:
-    def __init__(self, model, optimizer, policy: str, on_gpu: bool | None = None):
+    def __init__(self, model, optimizer, policy: str, on_gpu: bool | None = None, frozen=None):
         """``model``: the DDP-wrapped model (or a list of chunks); ``policy``: "all",
-        "optimizer" or "none" (``RolloutConfig.trainer_offload``)."""
+        "optimizer" or "none" (``RolloutConfig.trainer_offload``); ``frozen``: the KL
+        reference model (or None), moved with the weights."""
         if policy not in TRAINER_OFFLOAD:
             raise ValueError(f"trainer_offload must be one of {TRAINER_OFFLOAD}, got {policy!r}")
         self.chunks = model if isinstance(model, list) else [model]
         self.optimizer, self.policy = optimizer, policy
+        self.frozen = [] if frozen is None else list(frozen.parameters())
         self.on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
         if self.on_gpu and policy != "none" and holds_model_weights(optimizer):
             raise ValueError(
@@ -102,13 +106,18 @@ class TrainerOffload:
             if buffer.param_data is not None:
                 buffer.offload_to_cpu(move_params=True, move_grads=False)
             else:  # plain DDP: no contiguous param buffer, each parameter's own storage
-                for param in buffer.params:
-                    storage = param.untyped_storage()
-                    if storage.nbytes() == 0:
-                        continue
-                    host = param.detach().cpu().pin_memory()
-                    self._host_params.append((param, storage.nbytes(), host))
-                    storage.resize_(0)
+                self._park(buffer.params)
+        self._park(self.frozen)
+
+    def _park(self, params) -> None:
+        """Each parameter's storage to a pinned host copy, freed on the GPU."""
+        for param in params:
+            storage = param.untyped_storage()
+            if storage.nbytes() == 0:
+                continue
+            host = param.detach().cpu().pin_memory()
+            self._host_params.append((param, storage.nbytes(), host))
+            storage.resize_(0)
 
     def _reload_weights(self) -> None:
         for buffer in self._buffers():

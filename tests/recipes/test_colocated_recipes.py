@@ -78,6 +78,7 @@ def test_the_trainer_points_at_the_engines_of_its_own_nodes():
         for i in range(4)  # 8 GPUs / TP 2
     )
     assert rollout.server_tp_size == 2
+    assert rollout.engines_start_with_run  # a requeued job's engines are new
     with pytest.raises(SystemExit, match="expected the 2 training hosts"):
         colocated_hosts(recipe, {"TRAINER_NODES": "gpu-a"})
     one = with_engines_of_this_job(build_recipe("qwen3_8b_1node"), {})  # local executor

@@ -182,6 +182,7 @@ def test_the_trainer_finds_the_engines_of_its_job():
         for i in range(4)  # 8 GPUs / TP 2
     )
     assert rollout.server_tp_size == 2 and rollout.weight_backend == "nccl"
+    assert not rollout.engines_start_with_run  # disaggregated engines are never released
     assert rollout.master_address == socket.gethostname()  # rank 0 hosts the update group
     with pytest.raises(SystemExit, match="expected the 2 engine hosts"):
         with_engines_of_this_job(recipe, {"ENGINE_NODES": "gpu-a"})

@@ -10,14 +10,23 @@
 - Resuming what is not released ends an sglang server, as its scheduler's KeyError does.
 - An engine that dies while released: the next sync restarts it and brings it to the new
   weights; the step completes on both servers.
-- A vLLM engine left asleep is woken by the start-up wait; an sglang one from the record a
-  trainer keeps.
+- An engine whose release fails (injected) is stopped by its pool, restarted and synced by the
+  next sync; at fixed URLs the step fails naming it.
+- The record a trainer keeps: each release or resume on disk as in doubt before the call and
+  done after it. A vLLM engine left asleep is woken by the start-up wait; an sglang one from
+  the record, unless a kill left it in doubt: then the start-up names it.
 """
 
 import pytest
 
 from megatron_fork.rollout.http_client import ServerError
-from megatron_fork.rollout.released_memory import ReleasedRecord, wake_released
+from megatron_fork.rollout.released_memory import (
+    PARTS,
+    EngineMemory,
+    EngineStateUnknown,
+    ReleasedRecord,
+    wake_released,
+)
 from megatron_fork.rollout.server_engine import ServerRolloutEngine
 from megatron_fork.rollout.server_kinds import SERVERS
 from megatron_fork.rollout.server_pool import wait_until_healthy
@@ -129,23 +138,93 @@ def test_an_engine_that_dies_while_released_is_restarted_by_the_next_sync(server
         _same(client.generate(requests), expected)
 
 
-def test_engines_left_released_are_woken_at_start_up(servers, tmp_path):
-    """A killed trainer left them released: the start-up wait wakes vLLM's by itself; sglang's
-    from the trainer's record (it reports no release)."""
-    engine = _engine(servers)
-    record = ReleasedRecord(tmp_path / "released.json")
+class _Watched:
+    """A real client whose memory calls first note what the record says at that moment (what
+    a trainer killed during the call leaves on disk)."""
+
+    def __init__(self, client, record: ReleasedRecord, seen: list):
+        self.client, self.record, self.seen = client, record, seen
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def release_memory(self):
+        self.seen.append(self.record.read())
+        self.client.release_memory()
+
+    def resume_memory(self, part):
+        self.seen.append(self.record.read())
+        self.client.resume_memory(part)
+
+
+def test_a_kill_leaves_a_record_that_wakes_the_engines_or_names_those_in_doubt(servers, tmp_path):
+    """Each release or resume is on disk as in doubt before it reaches its engine and as done
+    after. At start-up, vLLM engines are woken by the start-up wait (they report their
+    sleep); sglang ones from the record, unless a kill left one in doubt: then the start-up
+    names it and touches nothing."""
+    engine, record, seen = _engine(servers), ReleasedRecord(tmp_path / "released.json"), []
     engine.released_record = record
+    engine.clients = [_Watched(client, record, seen) for client in engine.clients]
+    urls, everything = servers.urls, set(PARTS)
     engine.release_memory()
-    assert record.read() == {url: ["weights", "kv_cache"] for url in servers.urls}
+    assert seen == [
+        {urls[0]: EngineMemory(set(), everything), urls[1]: EngineMemory()},
+        {urls[0]: EngineMemory(everything), urls[1]: EngineMemory(set(), everything)},
+    ]
+    assert record.read() == {url: EngineMemory(everything) for url in urls}
+    engine.resume_memory("weights")  # as a sync begins
+    assert seen[2][urls[0]] == EngineMemory({"kv_cache"}, {"weights"})
+    assert record.read() == {url: EngineMemory({"kv_cache"}) for url in urls}
+    engine.release_memory()
     client_class = SERVERS[servers.protocol].client
-    clients = [client_class(url, 30.0) for url in servers.urls]
+    clients = [client_class(url, 30.0) for url in urls]
+    record.write(seen[0])  # killed during the first release call
     if servers.protocol == "vllm":
-        wait_until_healthy(servers.urls, 60.0, poll_s=0.1, client=client_class)
+        wake_released(record, clients)  # not vLLM's to wake
+        assert record.read() == {}
+        wait_until_healthy(urls, 60.0, poll_s=0.1, client=client_class)
         assert not any(client.released() for client in clients)
     else:
+        with pytest.raises(EngineStateUnknown) as unknown:
+            wake_released(record, clients)
+        assert urls[0] in str(unknown.value) and urls[1] not in str(unknown.value)
+        assert record.read() == seen[0]  # kept until the engine is restarted
+        record.write({url: EngineMemory(everything) for url in urls})  # released, for sure
         wake_released(record, clients)
         assert record.read() == {}
-    fresh = ServerRolloutEngine(servers.urls, None, 60.0, protocol=servers.protocol)
+    fresh = ServerRolloutEngine(urls, None, 60.0, protocol=servers.protocol)
     _sync(fresh, tiny_qwen3_model(seed=5), 1)  # the first sync of the restarted trainer
     requests = _requests()
     _same(fresh.generate(requests), _reference(5, 1, requests))
+
+
+class _FailsToRelease:
+    """A real client whose release fails (injected: a CPU engine cannot be made to fail one
+    while it keeps running, as a GPU engine out of memory can)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def release_memory(self):
+        raise ServerError(self.client.url, "release_memory_occupation failed", 500)
+
+
+def test_an_engine_that_fails_to_release_is_stopped_before_the_trainer_trains(servers):
+    """It may still hold its memory: a pool stops it (restarted and synced by the next sync);
+    at fixed URLs the step fails naming it."""
+    fixed = ServerRolloutEngine(servers.urls, None, 60.0, protocol=servers.protocol)
+    fixed.clients[0] = _FailsToRelease(fixed.clients[0])
+    with pytest.raises(RuntimeError, match=f"engine at {servers.urls[0]} did not release"):
+        fixed.release_memory()
+    engine = _engine(servers)
+    engine.clients[0] = _FailsToRelease(engine.clients[0])
+    engine.release_memory()
+    assert not servers.alive(0) and servers.alive(1)
+    _sync(engine, tiny_qwen3_model(seed=3), 1)
+    assert engine.counters["servers_restarted"] == 1
+    requests = _requests()
+    for client in engine.clients:
+        _same(client.generate(requests), _reference(3, 1, requests))
