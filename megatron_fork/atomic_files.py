@@ -1,6 +1,7 @@
 """Files and directories written whole or not at all: into a temporary sibling, then renamed
 into place, so a crash never leaves half of one under the final name."""
 
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -20,11 +21,20 @@ def write_text_atomically(path: str | Path, text: str, durable: bool = False) ->
             os.fsync(file.fileno())
     os.replace(tmp, path)
     if durable:
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """The rename on disk too; a filesystem that cannot sync a directory (EINVAL: some network
+    filesystems) is trusted with it."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(handle)
 
 
 @contextmanager

@@ -17,9 +17,11 @@ engine and what to do (restart it, then drop its entry). The window is one HTTP 
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from megatron_fork.atomic_files import write_text_atomically
+from megatron_fork.rollout.http_client import ServerError
 
 PARTS = ("weights", "kv_cache")
 """What is released and resumed, in the order a wake resumes them."""
@@ -32,6 +34,11 @@ class EngineMemory:
 
     released: set[str] = field(default_factory=set)
     in_doubt: set[str] = field(default_factory=set)
+
+    @property
+    def resident(self) -> bool:
+        """Nothing released, nothing in doubt."""
+        return not self.released and not self.in_doubt
 
     def listing(self) -> dict[str, list[str]]:
         return {
@@ -68,21 +75,51 @@ class ReleasedRecord:
         write_text_atomically(self.path, json.dumps(listing, sort_keys=True) + "\n", durable=True)
 
 
-def _engine_memory(entry: dict) -> EngineMemory:
+def _engine_memory(entry) -> EngineMemory:
+    if isinstance(entry, list):  # the first version's record: the parts released
+        entry = {"released": entry, "in_doubt": []}
     released, in_doubt = set(entry["released"]), set(entry["in_doubt"])
     if not released | in_doubt <= set(PARTS):
         raise ValueError(f"unknown parts {sorted((released | in_doubt) - set(PARTS))}")
     return EngineMemory(released, in_doubt)
 
 
+def move_memory(memory: EngineMemory, parts: set[str], call, released: bool, save) -> None:
+    """``call`` (a release or resume of ``parts``) with those parts saved as in doubt while it
+    runs (``save()`` writes the record), then as ``released`` or not. A failure leaves them in
+    doubt: the engine may have acted."""
+    memory.released -= parts
+    memory.in_doubt = set(parts)
+    save()
+    call()
+    memory.in_doubt = set()
+    if released:
+        memory.released |= parts
+    save()
+
+
 def wake_released(record: ReleasedRecord, clients: list) -> None:
     """Resume, on each engine at ``clients``' URLs that reports no release of its own (sglang),
-    the parts the record says a killed trainer left released, and continue its generation; the
-    record is cleared. The weights come back without values: the first sync fills them before
-    anything is generated. EngineStateUnknown names every engine left in doubt, before any is
-    touched (the record is kept)."""
+    the parts the record says a killed trainer left released, and continue its generation; each
+    resume on record in two phases, as the trainer's own. The weights come back without values:
+    the first sync fills them before anything is generated. Before any engine is touched:
+    EngineStateUnknown names every engine left in doubt, and ServerError one that does not
+    answer (restarted, or still starting); the record is kept."""
     engines = record.read()
-    silent = [c for c in clients if not c.reports_release and c.url in engines]
+    silent = [
+        c for c in clients if not (c.reports_release or engines.get(c.url, EngineMemory()).resident)
+    ]
+    _refuse_unsure(record, engines, silent)
+    for client in silent:
+        memory = engines[client.url]
+        for part in [p for p in PARTS if p in memory.released]:
+            resume = partial(client.resume_memory, part)
+            move_memory(memory, {part}, resume, False, lambda: record.write(engines))
+        client.resume()
+    record.write({})
+
+
+def _refuse_unsure(record: ReleasedRecord, engines: dict, silent: list) -> None:
     unsure = [c.url for c in silent if engines[c.url].in_doubt]
     if unsure:
         raise EngineStateUnknown(
@@ -92,10 +129,11 @@ def wake_released(record: ReleasedRecord, clients: list) -> None:
             f"their entries from {record.path} (or the file, once every engine is restarted)"
         )
     for client in silent:
-        released = engines[client.url].released
-        for part in PARTS:
-            if part in released:
-                client.resume_memory(part)
-        if released:
-            client.resume()
-    record.write({})
+        if not client.answers():
+            raise ServerError(
+                client.url,
+                f"does not answer, and {record.path} says it was left with "
+                f"{sorted(engines[client.url].released)} released: if it was restarted, remove "
+                "its entry from that file; if it is still starting, start the run again once "
+                "it answers",
+            )

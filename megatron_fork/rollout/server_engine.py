@@ -30,7 +30,7 @@ from functools import partial
 import torch
 
 from megatron_fork.rollout.http_client import ServerError
-from megatron_fork.rollout.released_memory import PARTS, EngineMemory
+from megatron_fork.rollout.released_memory import PARTS, EngineMemory, move_memory
 from megatron_fork.rollout.server_kinds import SERVERS
 from megatron_fork.rollout.server_sync import on_every_server
 from megatron_fork.rollout.stage_sender import StageSender, SyncPlan
@@ -39,6 +39,13 @@ from megatron_fork.rollout.vllm_protocol import DEFAULT_PACKED_BUFFER_BYTES
 
 MAX_ATTEMPTS = 4
 """Times a request is sent before the batch fails (server failures and aborts)."""
+
+
+RESTART_ADVICE = (
+    "restart it and start the run again (a colocated recipe's engines restart with its job; "
+    "engines that outlive the trainer: also remove its entry from released_engines.json in "
+    "the output directory)"
+)
 
 
 class StaleWeightsError(RuntimeError):
@@ -191,7 +198,7 @@ class ServerRolloutEngine:
             self._version, self._syncing = version, False
             lost = self.resume_memory("kv_cache")  # colocated: before generation continues
             for i, client in enumerate(self.clients):
-                if i in lost:  # died while released: restarted at the next sync
+                if i in lost or not self._memory[i].resident:  # restarted at the next sync
                     continue
                 client.resume()
                 reported = client.weight_version()
@@ -241,64 +248,63 @@ class ServerRolloutEngine:
     def release_memory(self) -> None:
         """Colocated engines hand their memory to the trainer (all of it: weights, KV cache,
         CUDA graphs) and stay paused until the next sync's ``finish_sync``. An engine that
-        fails to release may still hold its memory, beside which the trainer would run out
-        of it: a pool stops it now (restarted at the next sync, resident, synced in full
-        before it serves); at fixed URLs the step fails naming it."""
+        fails to release, or was taken as down (it may still hold its memory, beside which
+        the trainer would run out of it), is stopped by its pool now (restarted at the next
+        sync, synced in full before it serves); at fixed URLs a down engine is released like
+        the others, and the step fails naming one that does not."""
         self.counters["memory_releases"] = self.counters.get("memory_releases", 0) + 1
         for i, client in enumerate(self.clients):
-            if self._state[i] == DOWN:
+            if self._memory[i].released == set(PARTS):
+                continue  # releasing twice ends an sglang engine
+            if self._state[i] == DOWN and self.pool is not None:
+                self._stop_in_pool(i)  # it may hold its memory
                 continue
             try:
-                self._move_memory(i, set(PARTS), client.release_memory, released=True)
+                release = client.release_memory
+                move_memory(self._memory[i], set(PARTS), release, True, self._record)
             except ServerError as error:
                 self._state[i] = DOWN
                 self._stop_unreleased(i, error)
-            finally:
-                self._record()
 
     def resume_memory(self, part: str) -> list[int]:
         """``part`` ("weights" or "kv_cache") back on every server that released it; values
         come back only with the weights a sync sends. A server that fails (it died while
         released) is taken as down: ``begin_sync`` restarts it before the buckets when a pool
-        supervises it (fresh, resident, synced in full), else its sync fails naming it;
-        ``finish_sync`` leaves it out of generation until the next sync restarts it. Returns
-        the servers that failed."""
+        supervises it (fresh, resident, synced in full) and ``finish_sync`` leaves it out of
+        generation until then; at fixed URLs it fails the sync, naming it (buckets into
+        released memory, or generation on it, would end it). Returns the servers that
+        failed."""
         lost = []
         for i, client in enumerate(self.clients):
-            if part not in self._memory[i].released or self._state[i] == DOWN:
-                continue
+            if part not in self._memory[i].released:
+                continue  # a pool's down engines were stopped: nothing released
             try:
-                self._move_memory(i, {part}, partial(client.resume_memory, part), False)
+                resume = partial(client.resume_memory, part)
+                move_memory(self._memory[i], {part}, resume, False, self._record)
             except ServerError:
                 self._state[i] = DOWN
                 lost.append(i)
-            finally:
-                self._record()
+        if lost and self.pool is None:
+            urls = ", ".join(self.clients[i].url for i in lost)
+            raise RuntimeError(
+                f"the colocated engine(s) at {urls} did not resume their {part} memory: "
+                f"{RESTART_ADVICE}"
+            )
         return lost
-
-    def _move_memory(self, index: int, parts: set[str], call, released: bool) -> None:
-        """``call`` with ``parts`` of engine ``index`` on record as in doubt while it runs
-        (``released_memory.py``); once it answers, as ``released`` or not. A failure leaves
-        them in doubt (the engine may have acted) until the engine is restarted."""
-        memory = self._memory[index]
-        memory.released -= parts
-        memory.in_doubt = set(parts)
-        self._record()
-        call()
-        memory.in_doubt = set()
-        if released:
-            memory.released |= parts
 
     def _stop_unreleased(self, index: int, error: ServerError) -> None:
         if self.pool is None:
             raise RuntimeError(
                 f"the colocated engine at {self.clients[index].url} did not release its memory "
-                f"({error}); the trainer cannot take its GPUs back beside it. Restart that "
-                "engine, then remove its entry from the released-memory record "
-                "(released_engines.json in the output directory) and start the run again"
+                f"({error}); the trainer cannot take its GPUs back beside it: {RESTART_ADVICE}"
             ) from error
-        self.pool.stop(index)  # its memory freed now; started again at the next sync
+        self._stop_in_pool(index)
+
+    def _stop_in_pool(self, index: int) -> None:
+        """Its memory freed now; started again (fresh, resident) at the next sync."""
+        self.pool.stop(index)
         self._memory[index] = EngineMemory()
+        self._record()
 
     def _record(self) -> None:
         if self.released_record is not None:

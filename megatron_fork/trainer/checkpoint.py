@@ -110,9 +110,8 @@ def save_checkpoint(
     the checkpoint's directory."""
     final = checkpoint_dir(root, step)
     write_checkpoint(final, model, optimizer, {"step": step, **(trainer_state or {})}, hf_metadata)
-    if is_rank0():
-        write_text_atomically(Path(root) / LATEST_FILE, final.name)
-    barrier()
+    latest = Path(root) / LATEST_FILE  # rank 0's error, if any, raised on every rank
+    from_rank0(lambda: write_text_atomically(latest, final.name))
     return final
 
 

@@ -9,10 +9,11 @@ planner assumes it (``planning/colocation.py``: ``KEPT_DURING_SYNC``, ``KEPT_DUR
 - after the sync, while the engines generate ("all"): the bf16 weights to host, the contiguous
   param buffer by ``_ParamAndGradBuffer.offload_to_cpu(move_params=True)`` /
   ``reload_from_cpu`` (``distributed/param_and_grad_buffer.py:964-992``: pinned host copy,
-  storage resized to 0), which exists only with the distributed optimizer (:746-751); without
-  it each parameter's storage is moved the same way here;
-- the KL term's frozen reference model (``loss.kl_coef > 0``) moves with the weights ("all"),
-  each parameter's storage, so the engines generate beside no trainer weights at all;
+  storage resized to 0), which exists only with the distributed optimizer (``None`` at :751,
+  allocated at :796-801); without it each parameter's storage is moved the same way here;
+- the KL term's frozen reference model (``loss.kl_coef > 0``) moves with the optimizer state
+  ("all", "optimizer"; each parameter's storage): unused until the next training, it never
+  shares the GPU with the engines (the planner counts no reference model in any phase);
 - after the engines released their memory: everything back before training.
 
 Only on a GPU: on the CPU backend there is no device memory to hand over, so every call is a
@@ -57,7 +58,8 @@ class TrainerOffload:
         self._host_params: list = []  # (storage, size, host copy) without a param buffer
 
     def offload_for_sync(self) -> None:
-        """Gradients freed and optimizer state to host ("all", "optimizer")."""
+        """Gradients freed, optimizer state and the frozen model to host ("all",
+        "optimizer")."""
         if self.policy == "none" or "state" in self._moved:
             return
         self.counts["offload_for_sync"] += 1
@@ -66,6 +68,7 @@ class TrainerOffload:
             for chunk in self.chunks:
                 chunk.offload_grad_buffers()
             self.optimizer.offload_to_cpu()
+            self._park(self.frozen)
             torch.cuda.empty_cache()
 
     def offload_for_rollout(self) -> None:
@@ -85,8 +88,7 @@ class TrainerOffload:
             return
         self.counts["restore"] += 1
         if self.on_gpu:
-            if "weights" in self._moved:
-                self._reload_weights()
+            self._reload_weights()
             self.optimizer.restore_from_cpu()
             for chunk in self.chunks:
                 chunk.restore_grad_buffers()
@@ -107,7 +109,6 @@ class TrainerOffload:
                 buffer.offload_to_cpu(move_params=True, move_grads=False)
             else:  # plain DDP: no contiguous param buffer, each parameter's own storage
                 self._park(buffer.params)
-        self._park(self.frozen)
 
     def _park(self, params) -> None:
         """Each parameter's storage to a pinned host copy, freed on the GPU."""
@@ -120,9 +121,11 @@ class TrainerOffload:
             storage.resize_(0)
 
     def _reload_weights(self) -> None:
-        for buffer in self._buffers():
-            if buffer.param_data is not None:
-                buffer.reload_from_cpu(move_params=True, move_grads=False)
+        """The param buffers (if moved), then every parked parameter."""
+        if "weights" in self._moved:
+            for buffer in self._buffers():
+                if buffer.param_data is not None:
+                    buffer.reload_from_cpu(move_params=True, move_grads=False)
         for param, nbytes, host in self._host_params:
             param.untyped_storage().resize_(nbytes)
             param.data.copy_(host, non_blocking=True)

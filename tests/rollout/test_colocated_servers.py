@@ -10,8 +10,10 @@
 - Resuming what is not released ends an sglang server, as its scheduler's KeyError does.
 - An engine that dies while released: the next sync restarts it and brings it to the new
   weights; the step completes on both servers.
-- An engine whose release fails (injected) is stopped by its pool, restarted and synced by the
-  next sync; at fixed URLs the step fails naming it.
+- An engine that may hold its memory (its release failed, injected; or it was taken as down)
+  is stopped by its pool, restarted and synced by the next sync. At fixed URLs a down engine
+  is released and resumed with the others; one whose release or resume fails stops the run,
+  named.
 - The record a trainer keeps: each release or resume on disk as in doubt before the call and
   done after it. A vLLM engine left asleep is woken by the start-up wait; an sglang one from
   the record, unless a kill left it in doubt: then the start-up names it.
@@ -27,7 +29,7 @@ from megatron_fork.rollout.released_memory import (
     ReleasedRecord,
     wake_released,
 )
-from megatron_fork.rollout.server_engine import ServerRolloutEngine
+from megatron_fork.rollout.server_engine import DOWN, ServerRolloutEngine
 from megatron_fork.rollout.server_kinds import SERVERS
 from megatron_fork.rollout.server_pool import wait_until_healthy
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
@@ -190,7 +192,9 @@ def test_a_kill_leaves_a_record_that_wakes_the_engines_or_names_those_in_doubt(s
         assert urls[0] in str(unknown.value) and urls[1] not in str(unknown.value)
         assert record.read() == seen[0]  # kept until the engine is restarted
         record.write({url: EngineMemory(everything) for url in urls})  # released, for sure
-        wake_released(record, clients)
+        watched, seen[:] = [_Watched(client, record, seen) for client in clients], []
+        wake_released(record, watched)  # each resume on record in two phases too
+        assert seen[0][urls[0]] == EngineMemory({"kv_cache"}, {"weights"})
         assert record.read() == {}
     fresh = ServerRolloutEngine(urls, None, 60.0, protocol=servers.protocol)
     _sync(fresh, tiny_qwen3_model(seed=5), 1)  # the first sync of the restarted trainer
@@ -212,19 +216,40 @@ class _FailsToRelease:
         raise ServerError(self.client.url, "release_memory_occupation failed", 500)
 
 
-def test_an_engine_that_fails_to_release_is_stopped_before_the_trainer_trains(servers):
-    """It may still hold its memory: a pool stops it (restarted and synced by the next sync);
-    at fixed URLs the step fails naming it."""
-    fixed = ServerRolloutEngine(servers.urls, None, 60.0, protocol=servers.protocol)
-    fixed.clients[0] = _FailsToRelease(fixed.clients[0])
-    with pytest.raises(RuntimeError, match=f"engine at {servers.urls[0]} did not release"):
-        fixed.release_memory()
+def test_a_pool_stops_an_engine_that_may_hold_its_memory_before_the_trainer_trains(servers):
+    """An engine whose release fails, or that was taken as down (a generation timed out on
+    it): its pool stops it, the next sync restarts it and brings it to the new weights."""
     engine = _engine(servers)
     engine.clients[0] = _FailsToRelease(engine.clients[0])
+    engine._state[1] = DOWN  # as a timed-out generation leaves it: alive, memory held
     engine.release_memory()
-    assert not servers.alive(0) and servers.alive(1)
+    assert not servers.alive(0) and not servers.alive(1)
     _sync(engine, tiny_qwen3_model(seed=3), 1)
-    assert engine.counters["servers_restarted"] == 1
+    assert engine.counters["servers_restarted"] == 2
     requests = _requests()
     for client in engine.clients:
         _same(client.generate(requests), _reference(3, 1, requests))
+
+
+def test_engines_at_fixed_urls_hand_over_when_down_and_name_themselves_when_they_fail(servers):
+    """No pool to stop them: a down engine that answers is released and resumed with the
+    others (and serves again after the sync); one whose release or resume fails stops the run,
+    named (buckets into released memory, or generating on it, would end it)."""
+    urls, requests = servers.urls, _requests()
+    fixed = ServerRolloutEngine(urls, None, 60.0, protocol=servers.protocol)
+    fixed._state[1] = DOWN  # as a timed-out generation leaves it: alive, memory held
+    fixed.release_memory()
+    if servers.protocol == "vllm":  # sglang says nowhere
+        assert all(client.released() for client in fixed.clients)
+    _sync(fixed, tiny_qwen3_model(seed=3), 1)
+    for client in fixed.clients:
+        _same(client.generate(requests), _reference(3, 1, requests))
+    real, fixed.clients[0] = fixed.clients[0], _FailsToRelease(fixed.clients[0])
+    with pytest.raises(RuntimeError, match=f"engine at {urls[0]} did not release"):
+        fixed.release_memory()
+    fixed.clients[0] = real
+    fixed.release_memory()  # engine 1 is released already: only engine 0 is asked
+    servers.servers[1].process.kill()  # dies while released
+    servers.servers[1].process.wait()
+    with pytest.raises(RuntimeError, match=f"{urls[1]} did not resume their weights"):
+        _sync(fixed, tiny_qwen3_model(seed=4), 2)

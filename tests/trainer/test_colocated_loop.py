@@ -212,7 +212,8 @@ def test_a_killed_run_resumes_with_its_engines_left_released(
 def test_engines_started_with_the_run_are_never_woken_from_an_earlier_record(tmp_path):
     """A colocated recipe's engines start anew with every run (``engines_start_with_run``):
     an earlier run's record is dropped, not replayed on them (resuming what a new sglang
-    engine never released would end it; here nothing listens, so a replay fails to connect)."""
+    engine never released would end it). Here nothing listens: without the flag the start-up
+    stops, naming the engine the record says is released."""
     url = "http://127.0.0.1:9"
     config = apply_overrides(
         _config(tmp_path / "hf", tmp_path / "run", "sglang"), [f"rollout.server_urls=('{url}',)"]
@@ -220,7 +221,7 @@ def test_engines_started_with_the_run_are_never_woken_from_an_earlier_record(tmp
     record = ReleasedRecord(tmp_path / "run" / "released_engines.json")
     record.path.parent.mkdir()
     record.write({url: EngineMemory(set(PARTS))})
-    with pytest.raises(ServerError, match=url):
+    with pytest.raises(ServerError, match=f"{url}: does not answer"):
         wake_engines_left_released(config)
     assert record.read() == {url: EngineMemory(set(PARTS))}
     wake_engines_left_released(apply_overrides(config, ["rollout.engines_start_with_run=True"]))
