@@ -32,6 +32,12 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 must not capture loopback or cluster-internal traffic)."""
 
 
+PAUSE_TIMEOUT_S = 60.0
+"""A pause with abort answers in seconds on a live engine; one that does not is stuck (e.g. in
+the collective of a failed weight sync) and is taken as down, not waited on for a whole
+request timeout."""
+
+
 class ServerClient:
     reports_release = False
     """sglang 0.5.15 says nowhere whether its memory is released (``released_memory.py``)."""
@@ -88,7 +94,8 @@ class ServerClient:
         return int(self.call("/model_info", timeout_s=30.0)["weight_version"])
 
     def pause(self, mode: str = "abort") -> None:
-        self.call("/pause_generation", {"mode": mode})
+        timeout_s = min(PAUSE_TIMEOUT_S, self.timeout_s)
+        self.call("/pause_generation", {"mode": mode}, timeout_s=timeout_s)
 
     def resume(self) -> None:
         self.call("/continue_generation", {})

@@ -163,10 +163,9 @@ class ServerRolloutEngine:
         sender follows. A failure abandons the sync."""
         try:
             self.resume_memory("weights")  # colocated: the weights' memory, not their values
-            if self._restart_down_servers():  # those down, or that died while released
+            changed = self._restart_down_servers()  # those down, or that died while released
+            if self._prepare_servers() or changed:
                 self._epoch += 1  # the group's members changed: every sender forms it anew
-            for client in self.clients:
-                client.prepare_for_update()
         except BaseException:
             self.abandon_sync()
             raise
@@ -248,20 +247,28 @@ class ServerRolloutEngine:
     def release_memory(self) -> None:
         """Colocated engines hand their memory to the trainer (all of it: weights, KV cache,
         CUDA graphs) and stay paused until the next sync's ``finish_sync``. An engine that
-        fails to release, or was taken as down (it may still hold its memory, beside which
-        the trainer would run out of it), is stopped by its pool now (restarted at the next
-        sync, synced in full before it serves); at fixed URLs a down engine is released like
-        the others, and the step fails naming one that does not."""
+        fails to release, was taken as down (it may still hold its memory, beside which the
+        trainer would run out of it) or is in doubt is stopped by its pool now (restarted at
+        the next sync, synced in full before it serves); at fixed URLs a down engine is
+        released like the others, and the step fails naming one that does not or is in
+        doubt. Releasing what is released ends an sglang engine (torch_memory_saver's "Cannot
+        pause allocation that is not active"): a part left released alone (a sync that failed
+        half-way) is resumed first."""
         self.counters["memory_releases"] = self.counters.get("memory_releases", 0) + 1
         for i, client in enumerate(self.clients):
-            if self._memory[i].released == set(PARTS):
-                continue  # releasing twice ends an sglang engine
-            if self._state[i] == DOWN and self.pool is not None:
-                self._stop_in_pool(i)  # it may hold its memory
+            memory = self._memory[i]
+            if memory.released == set(PARTS):
+                continue
+            if self.pool is not None and (self._state[i] == DOWN or memory.in_doubt):
+                self._stop_in_pool(i)
                 continue
             try:
-                release = client.release_memory
-                move_memory(self._memory[i], set(PARTS), release, True, self._record)
+                if memory.in_doubt:
+                    raise ServerError(client.url, f"{sorted(memory.in_doubt)} in doubt")
+                for part in [p for p in PARTS if p in memory.released]:
+                    resume = partial(client.resume_memory, part)
+                    move_memory(memory, {part}, resume, False, self._record)
+                move_memory(memory, set(PARTS), client.release_memory, True, self._record)
             except ServerError as error:
                 self._state[i] = DOWN
                 self._stop_unreleased(i, error)
@@ -310,6 +317,28 @@ class ServerRolloutEngine:
         if self.released_record is not None:
             urls = [client.url for client in self.clients]
             self.released_record.write(dict(zip(urls, self._memory, strict=True)))
+
+    def _prepare_servers(self) -> bool:
+        """Every server paused and flushed for the sync. One that does not answer (a vLLM
+        engine still stuck in the collective of a sync that failed answers no engine-core
+        call) or fails to pause is taken as down: a pool restarts it and it is prepared anew
+        (True: the members changed); at fixed URLs the sync fails."""
+        failed = []
+        for i, client in enumerate(self.clients):
+            try:
+                if not client.answers():
+                    raise ServerError(client.url, "does not answer")
+                client.prepare_for_update()
+            except ServerError:
+                if self.pool is None:
+                    raise
+                failed.append(i)
+        for i in failed:
+            self._state[i] = DOWN
+        self._restart_down_servers()
+        for i in failed:
+            self.clients[i].prepare_for_update()
+        return bool(failed)
 
     def _restart_down_servers(self) -> bool:
         down = [i for i, state in enumerate(self._state) if state == DOWN]

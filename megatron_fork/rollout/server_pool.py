@@ -8,6 +8,7 @@ Servers are bound to loopback unless their command says otherwise.
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -141,6 +142,7 @@ class ServerPool:
         process = self.servers[index].process
         if process is not None and process.poll() is None:
             process.terminate()
+            process.send_signal(signal.SIGCONT)  # a stopped process takes its SIGTERM now
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -21,7 +21,7 @@ How it differs from sglang's client, and why:
 
 from concurrent.futures import ThreadPoolExecutor
 
-from megatron_fork.rollout.http_client import ServerClient, ServerError
+from megatron_fork.rollout.http_client import PAUSE_TIMEOUT_S, ServerClient, ServerError
 from megatron_fork.rollout.types import FinishReason, GenerationRequest, Sample
 from megatron_fork.rollout.vllm_protocol import (
     GENERATE_PATH,
@@ -100,7 +100,8 @@ class VllmClient:
 
     def pause(self, mode: str = "abort") -> None:
         """Running requests end (``abort``: returned with finish reason abort; caches cleared)."""
-        self.call(f"/pause?mode={mode}&clear_cache=true", {})
+        timeout_s = min(PAUSE_TIMEOUT_S, self.timeout_s)
+        self.call(f"/pause?mode={mode}&clear_cache=true", {}, timeout_s=timeout_s)
 
     def resume(self) -> None:
         self.call("/resume", {})

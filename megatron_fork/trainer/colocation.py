@@ -87,7 +87,7 @@ class Disaggregated:
 class Colocation(Disaggregated):
     def __init__(self, config, weights, engine, actor, reference=None):
         """``engine``: the server engine on rank 0 (None elsewhere); ``reference``: the KL
-        term's frozen model (offloaded with the weights)."""
+        term's frozen model (parked with the optimizer state)."""
         super().__init__(weights)
         self.engine = engine
         policy = config.rollout.trainer_offload

@@ -12,8 +12,9 @@ planner assumes it (``planning/colocation.py``: ``KEPT_DURING_SYNC``, ``KEPT_DUR
   storage resized to 0), which exists only with the distributed optimizer (``None`` at :751,
   allocated at :796-801); without it each parameter's storage is moved the same way here;
 - the KL term's frozen reference model (``loss.kl_coef > 0``) moves with the optimizer state
-  ("all", "optimizer"; each parameter's storage): unused until the next training, it never
-  shares the GPU with the engines (the planner counts no reference model in any phase);
+  ("all", "optimizer"; each parameter's storage): unused until the next training, it does not
+  share the GPU with the engines ("none" keeps it). The planner counts no reference model in
+  any phase, training included (the recipes run without KL, as DAPO and the paper do);
 - after the engines released their memory: everything back before training.
 
 Only on a GPU: on the CPU backend there is no device memory to hand over, so every call is a
@@ -38,7 +39,7 @@ class TrainerOffload:
     def __init__(self, model, optimizer, policy: str, on_gpu: bool | None = None, frozen=None):
         """``model``: the DDP-wrapped model (or a list of chunks); ``policy``: "all",
         "optimizer" or "none" (``RolloutConfig.trainer_offload``); ``frozen``: the KL
-        reference model (or None), moved with the weights."""
+        reference model (or None), parked with the optimizer state."""
         if policy not in TRAINER_OFFLOAD:
             raise ValueError(f"trainer_offload must be one of {TRAINER_OFFLOAD}, got {policy!r}")
         self.chunks = model if isinstance(model, list) else [model]

@@ -14,6 +14,7 @@ Every test runs twice: servers speaking sglang's protocol, and vLLM's (``--proto
 driven through ``vllm_client.VllmClient``): the same fault semantics on both.
 """
 
+import contextlib
 import os
 import signal
 import time
@@ -83,8 +84,19 @@ def test_a_server_that_stops_answering_is_timed_out(servers):
         expected = TorchRolloutEngine(tiny_qwen3_model(seed=0)).generate(requests)
         _assert_same_samples(engine.generate(requests), expected)
         assert engine.counters["requests_retried"] == 3
+        # A trainer that never saw it fail (as a survivor of a failed sync, still stuck in
+        # its collective, looks): the sync finds it unresponsive, the pool restarts it, the
+        # sync goes on with it.
+        fresh = _engine(servers, request_timeout_s=10)
+        fresh.update_weights(list(tiny_qwen3_model(seed=2).state_dict().items()), version=1)
+        assert fresh.counters["servers_restarted"] == 1
+        synced = TorchRolloutEngine(tiny_qwen3_model(seed=2))
+        synced.update_weights((), version=1)
+        for client in fresh.clients:
+            _assert_same_samples(client.generate(requests), synced.generate(requests))
     finally:
-        os.kill(stopped, signal.SIGCONT)  # so the pool can stop it at once
+        with contextlib.suppress(ProcessLookupError):  # restarted: that process is gone
+            os.kill(stopped, signal.SIGCONT)
 
 
 def test_samples_at_another_weight_version_are_never_used(servers):

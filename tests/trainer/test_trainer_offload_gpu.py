@@ -220,6 +220,7 @@ def hf_model(tmp_path_factory):
         pytest.param("all", True, False, id="all"),
         pytest.param("optimizer", True, False, id="optimizer"),
         pytest.param("optimizer", True, True, id="optimizer-with-frozen-reference"),
+        pytest.param("all", False, True, id="all-plain-ddp-with-frozen-reference"),
         pytest.param("all", False, False, id="all-plain-ddp-parks-each-param"),
     ],
 )

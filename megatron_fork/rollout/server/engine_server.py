@@ -237,10 +237,14 @@ class EngineServer:
         release_memory_occupation``, ``scheduler_components/weight_updater.py:184-225``): no
         tags means all; the scheduler asserts the server is fully idle, and a failed assertion
         ends the scheduler and the server (``scheduler.py:4343-4351``), as here. The handler
-        returns nothing (an empty 200)."""
+        returns nothing (an empty 200). A tag released twice ends it too: torch_memory_saver
+        (0.0.10, the binary's "Cannot pause allocation that is not active") exits."""
         tags = _tags(body)
         if self._engine_lock.locked() or self._generating:
             fatal("AssertionError: release_memory_occupation needs an idle server")
+        again = [tag for tag in tags if tag in self.memory.released]
+        if again:  # torch_memory_saver's pause of a paused region exits the process
+            fatal(f"Cannot pause allocation that is not active ({again[0]!r} released twice)")
         self.memory.release(tags)
 
     def resume_memory_occupation(self, body: dict) -> None:
