@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from checkpoints_convert.progress import ConversionProgress
         from megatron_fork.trainer.actor import init_parallel, shutdown_parallel
-        from megatron_fork.trainer.rl_config import ParallelConfig
+        from megatron_fork.trainer.trainer_config import ParallelConfig
 
         parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, vocab_multiple=multiple)
         init_parallel(parallel, seed=0)

@@ -17,7 +17,7 @@ from megatron_fork.models.hf_mapping import Qwen3Layout, load_hf_weights_
 from megatron_fork.models.hf_weights import HFWeights, check_weights_match_config
 from megatron_fork.trainer.actor import megatron_model, read_hf_config
 from megatron_fork.trainer.checkpoint import write_checkpoint
-from megatron_fork.trainer.rl_config import ParallelConfig
+from megatron_fork.trainer.trainer_config import ParallelConfig
 
 EMBEDDING = "model.embed_tokens.weight"
 

@@ -38,7 +38,7 @@ from megatron_fork.trainer.dcp_metadata import (
     read_checkpoint_metadata,
     stored_dtype,
 )
-from megatron_fork.trainer.rl_config import ParallelConfig
+from megatron_fork.trainer.trainer_config import ParallelConfig
 
 EMBEDDING_KEY = "embedding.word_embeddings.weight"
 

@@ -18,7 +18,7 @@ from megatron_fork.planning import (
     check_layout,
     plan_memory,
 )
-from megatron_fork.trainer.train_batch import check_batch_layout, layout_row_multiple
+from megatron_fork.rl.train_batch import check_batch_layout, layout_row_multiple
 from recipes.colocation import check_colocated, colocated_engine_count, is_colocated
 from recipes.recipe import Recipe
 

@@ -3,7 +3,7 @@
 
 import dataclasses
 
-from megatron_fork.trainer.overrides import apply_overrides
+from megatron_fork.rl.overrides import apply_overrides
 from recipes.recipe import Recipe
 
 

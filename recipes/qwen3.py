@@ -34,15 +34,9 @@ from megatron_fork.data.prompt_sets import DataConfig
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.planning import SUGGESTED_LAYOUTS
 from megatron_fork.rewards.config import MathRewardConfig
-from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig
-from megatron_fork.trainer.rl_config import (
-    EvalConfig,
-    OptimizerSettings,
-    ParallelConfig,
-    PrecisionConfig,
-    RLConfig,
-    RolloutConfig,
-)
+from megatron_fork.rl.dynamic_sampling import DynamicSamplingConfig
+from megatron_fork.rl.rl_config import EvalConfig, RLConfig, RolloutConfig
+from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig, PrecisionConfig
 from recipes.recipe import EngineSpec, LaunchSpec, Recipe
 
 MAX_PROMPT_TOKENS = 2048

@@ -38,7 +38,7 @@ its results are not the paper's:
 
 import dataclasses
 
-from megatron_fork.trainer.rl_config import ParallelConfig
+from megatron_fork.trainer.trainer_config import ParallelConfig
 from recipes.qwen3 import MAX_PROMPT_TOKENS, MAX_RESPONSE_TOKENS, _paper_config
 from recipes.recipe import EngineSpec, LaunchSpec, Recipe
 

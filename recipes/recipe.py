@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from megatron_fork.trainer.overrides import apply_overrides
-from megatron_fork.trainer.rl_config import RLConfig
+from megatron_fork.rl.overrides import apply_overrides
+from megatron_fork.rl.rl_config import RLConfig
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,9 @@ from pathlib import Path
 from megatron_fork.data.prompt_sets import TEMPLATED, DataConfig
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.rewards.config import MathRewardConfig
-from megatron_fork.trainer.rl_config import (
-    EvalConfig,
-    OptimizerSettings,
-    RLConfig,
-    RolloutConfig,
-)
-from megatron_fork.trainer.warm_start import TinyQwen3Size, WarmStartConfig, run_warm_start
+from megatron_fork.rl.rl_config import EvalConfig, RLConfig, RolloutConfig
+from megatron_fork.rl.warm_start import TinyQwen3Size, WarmStartConfig, run_warm_start
+from megatron_fork.trainer.trainer_config import OptimizerSettings
 from recipes.recipe import LaunchSpec, Recipe
 
 MAX_NEW_TOKENS = 48

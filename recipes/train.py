@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m recipes.train <recipe> [section.field=value ...]")
     warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
     recipe = with_engines_of_this_job(build_recipe(argv[0], argv[1:]))
-    from megatron_fork.trainer.rl_loop import run_rl
+    from megatron_fork.rl.rl_loop import run_rl
 
     engines = start_node_engines(recipe)  # colocated: this node's, before the model is built
     try:

@@ -7,7 +7,7 @@ from tests.support.tiny_run import warm_start_config
 
 
 def _warm_start_worker(rank, world, out_dir):
-    from megatron_fork.trainer.warm_start import run_warm_start
+    from megatron_fork.rl.warm_start import run_warm_start
 
     run_warm_start(warm_start_config(out_dir))
 

@@ -97,8 +97,8 @@ def run_arm(base: Path, run_dir: Path, seed: int, overrides: list[str], task: st
     import shutil
 
     from megatron_fork.reporting.run_report import write_run_report
-    from megatron_fork.trainer.overrides import apply_overrides
-    from megatron_fork.trainer.rl_loop import run_rl
+    from megatron_fork.rl.overrides import apply_overrides
+    from megatron_fork.rl.rl_loop import run_rl
     from recipes import tiny_qwen3_cpu
 
     summary = finished_run(run_dir, overrides, task)

@@ -62,7 +62,7 @@ def _one_process_megatron() -> None:
     import torch.distributed as dist
 
     from megatron_fork.trainer.actor import init_parallel
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
 
     os.environ.pop("RANK", None)  # one gloo process of our own
     if not dist.is_initialized():

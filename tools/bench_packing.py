@@ -113,7 +113,7 @@ def write_model(directory: Path, settings: BenchSettings) -> None:
     """A random tiny Qwen3 as a Hugging Face folder (the actor's base model)."""
     from transformers import Qwen3ForCausalLM
 
-    from megatron_fork.trainer.warm_start import TinyQwen3Size, tiny_qwen3_config
+    from megatron_fork.rl.warm_start import TinyQwen3Size, tiny_qwen3_config
 
     s = settings
     size = TinyQwen3Size(
@@ -132,9 +132,9 @@ def write_model(directory: Path, settings: BenchSettings) -> None:
 
 def step_layouts(samples, settings: BenchSettings, multiple: int) -> dict:
     """Both layouts of the step at DP=1, as ``step_layout.rl_step_layout`` builds them."""
+    from megatron_fork.rl.step_layout import packed_step_layout, padded_step_layout
+    from megatron_fork.rl.train_batch import row_length
     from megatron_fork.trainer.packing import packing_layout
-    from megatron_fork.trainer.step_layout import packed_step_layout, padded_step_layout
-    from megatron_fork.trainer.train_batch import row_length
 
     s = settings
     positions = [len(x.prompt_ids) + len(x.output_ids) - 1 for x in samples]
@@ -149,7 +149,7 @@ def step_layouts(samples, settings: BenchSettings, multiple: int) -> dict:
 
 def microbatch_tokens(rollout, packing: bool, multiple: int, groups) -> list[int]:
     """Positions of every micro-batch tensor the trainer builds from ``rollout``."""
-    from megatron_fork.trainer.train_batch import slice_mini_batches
+    from megatron_fork.rl.train_batch import slice_mini_batches
 
     minis = slice_mini_batches(rollout, packing, multiple, groups, PAD_ID)
     return [mb.tokens.numel() for mini in minis if mini is not None for mb in mini]
@@ -157,9 +157,9 @@ def microbatch_tokens(rollout, packing: bool, multiple: int, groups) -> list[int
 
 def timed_step(model_dir, rollout, packing: bool, loss_config, groups) -> tuple[float, dict]:
     """Seconds of one ``train_on_slice`` from a fresh actor (built untimed), and its metrics."""
+    from megatron_fork.rl.train_batch import train_on_slice
     from megatron_fork.trainer.actor import build_actor
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
-    from megatron_fork.trainer.train_batch import train_on_slice
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
 
     gc.collect()
     actor = build_actor(model_dir, ParallelConfig(), OptimizerSettings())
@@ -169,7 +169,7 @@ def timed_step(model_dir, rollout, packing: bool, loss_config, groups) -> tuple[
 
 
 def _slices(samples, advantages, layouts) -> dict:
-    from megatron_fork.trainer.rollout_scatter import (
+    from megatron_fork.rl.rollout_scatter import (
         RolloutToScatter,
         ScatterGroups,
         scatter_rollout,
@@ -225,10 +225,10 @@ def measure(settings: BenchSettings) -> dict:
     from megatron.core.utils import get_model_config
 
     from megatron_fork.forking import ForkingLossConfig
+    from megatron_fork.rl.train_batch import row_multiple
     from megatron_fork.trainer.actor import build_actor, init_parallel, shutdown_parallel
     from megatron_fork.trainer.parallel_groups import LossGroups
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
-    from megatron_fork.trainer.train_batch import row_multiple
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
 
     torch.set_num_threads(settings.threads)
     os.environ.pop("RANK", None)  # one gloo process of our own

@@ -26,15 +26,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from megatron_fork.rollout.types import FinishReason, Sample
-from megatron_fork.trainer.rollout_scatter import (
+from megatron_fork.rl.rollout_scatter import (
     HEADER,
     META_COLUMNS,
     RolloutToScatter,
     ScatterGroups,
     scatter_rollout,
 )
-from megatron_fork.trainer.step_layout import StepLayout
+from megatron_fork.rl.step_layout import StepLayout
+from megatron_fork.rollout.types import FinishReason, Sample
 
 VOCAB = 151_936  # Qwen3
 FULL_SAMPLES, FULL_DP = 8192, 16  # 512 prompts x 16; 64 GPUs / (TP=2 x CP=2)

@@ -69,8 +69,8 @@ def print_table(summary: dict) -> None:
 
 def main() -> None:
     from megatron_fork.reporting.run_report import write_run_report
-    from megatron_fork.trainer.overrides import apply_overrides
-    from megatron_fork.trainer.rl_loop import run_rl
+    from megatron_fork.rl.overrides import apply_overrides
+    from megatron_fork.rl.rl_loop import run_rl
     from recipes import tiny_qwen3_cpu
 
     args = parse_args()

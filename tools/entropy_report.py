@@ -57,7 +57,7 @@ def build_config(args):
     """The analysis settings of the command line (ValueError for a bad one)."""
     from megatron_fork.analysis.analysis_report import AnalysisConfig
     from megatron_fork.analysis.temperature_sweep import SweepConfig
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
 
     sweep = SweepConfig(
         high_temperatures=tuple(args.t_high), low_temperatures=tuple(args.t_low),

@@ -43,7 +43,7 @@ from megatron_fork.analysis.temperature_sweep import SweepConfig, run_sweep, thr
 from megatron_fork.atomic_files import write_text_atomically
 from megatron_fork.data.report import LoadReport
 from megatron_fork.parallel.rank0 import from_rank0
-from megatron_fork.trainer.rl_config import ParallelConfig
+from megatron_fork.trainer.trainer_config import ParallelConfig
 
 
 @dataclass(frozen=True)

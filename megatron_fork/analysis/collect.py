@@ -32,10 +32,10 @@ from megatron_fork.analysis.token_scores import score_samples
 from megatron_fork.analysis.token_table import Detokenizer, TokenTableWriter, read_metadata
 from megatron_fork.data.report import LoadReport
 from megatron_fork.parallel.rank0 import from_rank0, is_rank0, made_on_rank0
+from megatron_fork.rl.rollout_phase import stable_seed
 from megatron_fork.rollout.types import GenerationRequest, Sample, SamplingParams
 from megatron_fork.trainer.parallel_groups import LossGroups
-from megatron_fork.trainer.rl_config import ParallelConfig
-from megatron_fork.trainer.rollout_phase import stable_seed
+from megatron_fork.trainer.trainer_config import ParallelConfig
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from megatron_fork.trainer.checkpoint import (
     hf_metadata_dir,
     is_megatron_checkpoint,
 )
-from megatron_fork.trainer.rl_config import ParallelConfig
+from megatron_fork.trainer.trainer_config import ParallelConfig
 from megatron_fork.trainer.weight_sync import sync_weights
 
 

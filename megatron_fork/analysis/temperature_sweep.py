@@ -18,8 +18,8 @@ from megatron_fork.analysis.token_table import entropy_column, read_token_table
 from megatron_fork.data.types import PromptExample
 from megatron_fork.rewards.config import MathRewardConfig
 from megatron_fork.rewards.scorer import MathRewardScorer
+from megatron_fork.rl.rollout_phase import GroupSampler, evaluate_avg_at_k
 from megatron_fork.rollout.types import SamplingParams
-from megatron_fork.trainer.rollout_phase import GroupSampler, evaluate_avg_at_k
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import torch
 from megatron.core.utils import get_model_config
 
 from megatron_fork.forking import ForkingLossConfig
+from megatron_fork.rl.rollout_batch import samples_to_microbatches
+from megatron_fork.rl.train_batch import row_multiple, step_seq_len
 from megatron_fork.rollout.types import Sample
 from megatron_fork.trainer.actor_step import old_logprob_pass
-from megatron_fork.trainer.rollout_batch import samples_to_microbatches
-from megatron_fork.trainer.train_batch import row_multiple, step_seq_len
 
 
 def score_samples(

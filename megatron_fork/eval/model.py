@@ -69,7 +69,7 @@ def _megatron_weights_as_hf(source: str):
 
     from megatron_fork.analysis.model_source import open_model
     from megatron_fork.trainer.actor import init_parallel, shutdown_parallel
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
 
     created = not dist.is_initialized()
     init_parallel(ParallelConfig(), seed=0)

@@ -1,5 +1,5 @@
 """A rich progress bar over an evaluation's prompts, with the running avg@k (as the trainer's
-``trainer/progress.py`` shows the RL steps)."""
+``rl/progress.py`` shows the RL steps)."""
 
 from contextlib import AbstractContextManager
 

@@ -1,5 +1,5 @@
 """The generation requests of an evaluation, seeded exactly as the trainer's evaluation seeds
-them (``trainer.rollout_phase.evaluate_avg_at_k``), so that on the same model, prompts and eval
+them (``rl.rollout_phase.evaluate_avg_at_k``), so that on the same model, prompts and eval
 seed the evaluator draws the same responses as a run's own evaluation.
 
 The trainer walks the prompts in chunks of ``EVAL_CHUNK``; sample ``i`` of the prompt in slot
@@ -12,8 +12,8 @@ import inspect
 from dataclasses import replace
 
 from megatron_fork.data.types import PromptExample
+from megatron_fork.rl.rollout_phase import evaluate_avg_at_k, request_id, stable_seed
 from megatron_fork.rollout.types import GenerationRequest, SamplingParams
-from megatron_fork.trainer.rollout_phase import evaluate_avg_at_k, request_id, stable_seed
 
 EVAL_CHUNK: int = inspect.signature(evaluate_avg_at_k).parameters["chunk"].default
 """The trainer's evaluation chunk, read from its signature so the two cannot drift apart."""

@@ -26,8 +26,8 @@ from megatron_fork.eval.settings import EvalSettings, EvalSetupError
 from megatron_fork.rewards.config import MathRewardConfig
 from megatron_fork.rewards.scorer import MathRewardScorer
 from megatron_fork.rewards.types import SampleStatus
+from megatron_fork.rl.rollout_phase import GroupSampler
 from megatron_fork.rollout.types import SamplingParams
-from megatron_fork.trainer.rollout_phase import GroupSampler
 
 PROMPT_FILE_HELP = (
     "an AIME/MATH-style JSONL, JSON or parquet file whose rows have a problem (problem, "

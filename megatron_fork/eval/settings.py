@@ -5,7 +5,7 @@ so a run's own evaluation and this one draw alike."""
 
 from dataclasses import asdict, dataclass
 
-from megatron_fork.trainer.rl_config import EvalConfig
+from megatron_fork.rl.rl_config import EvalConfig
 
 PAPER_K = 32
 PAPER_TEMPERATURE = 1.0

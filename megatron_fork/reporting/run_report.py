@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from megatron_fork.atomic_files import write_text_atomically
-from megatron_fork.trainer.metrics_log import METRICS_FILE, read_metrics
+from megatron_fork.rl.metrics_log import METRICS_FILE, read_metrics
 
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "curves.png"

@@ -38,7 +38,7 @@ from megatron_fork.trainer.megatron_options import (
     params_dtype,
     transformer_options,
 )
-from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig, PrecisionConfig
+from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig, PrecisionConfig
 
 CPU_PRECISION = PrecisionConfig()
 """fp32, no FP8: the default everywhere a caller does not choose (conversion, analysis, tests)."""

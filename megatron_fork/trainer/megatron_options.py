@@ -5,7 +5,7 @@ Megatron exactly as written (tests read the built objects back)."""
 import torch
 from megatron.core.distributed import DistributedDataParallelConfig
 
-from megatron_fork.trainer.rl_config import ParallelConfig, PrecisionConfig
+from megatron_fork.trainer.trainer_config import ParallelConfig, PrecisionConfig
 
 
 def _recompute(parallel: ParallelConfig) -> dict:

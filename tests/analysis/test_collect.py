@@ -25,7 +25,7 @@ HOT = 0.7  # a temperature != 1: entropies of softmax(z / T)
 
 def _config(model, out, tp=1, chunk_prompts=2):
     from megatron_fork.analysis.collect import CollectConfig
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
 
     return CollectConfig(str(model), str(out), max_new_tokens=12, samples_per_prompt=2,
                          chunk_prompts=chunk_prompts, prompt_set="synthetic eval",

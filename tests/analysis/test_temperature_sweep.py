@@ -32,9 +32,9 @@ def test_equal_temperatures_are_plain_sampling(base_model):
     from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
     from megatron_fork.rewards.config import MathRewardConfig
     from megatron_fork.rewards.scorer import MathRewardScorer
+    from megatron_fork.rl.rollout_phase import GroupSampler, evaluate_avg_at_k
     from megatron_fork.rollout.torch_engine import TorchRolloutEngine
     from megatron_fork.rollout.types import SamplingParams
-    from megatron_fork.trainer.rollout_phase import GroupSampler, evaluate_avg_at_k
     from tests.support.tiny_run import DATA, MAX_NEW_TOKENS
 
     tokenizer = load_tokenizer(base_model)

@@ -17,7 +17,7 @@ import pytest
 from checkpoints_convert.checks import check_parallel_layout
 from checkpoints_convert.hf_to_mcore import convert_hf_to_mcore
 from checkpoints_convert.mcore_to_hf import convert_mcore_to_hf
-from megatron_fork.trainer.rl_config import ParallelConfig
+from megatron_fork.trainer.trainer_config import ParallelConfig
 from tests.support.convert_cli import ENV, convert
 from tests.support.distributed import run_distributed
 from tests.support.hf_folders import write_hf_folder

@@ -50,7 +50,7 @@ def _load_and_check_logits(checkpoint, hf_dir, parallel):
 
 def _parity_worker(rank, world, tp, pp, root, out_root):
     from checkpoints_convert.hf_to_mcore import convert_hf_to_mcore
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
     from tests.support.megatron_setup import init_megatron
 
     init_megatron(tp=tp, pp=pp, seed=rank)
@@ -78,7 +78,7 @@ def _reshard_worker(rank, world, hf_dir, out):
     from megatron.core import parallel_state as ps
 
     from checkpoints_convert.hf_to_mcore import convert_hf_to_mcore
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
     from tests.support.megatron_setup import init_megatron
 
     init_megatron(tp=2, pp=1, seed=0)

@@ -16,8 +16,9 @@ TP2 = {"tensor_parallel": 2, "vocab_multiple": 16}
 
 
 def _train_worker(rank, world, base_model, out):
-    from megatron_fork.trainer.rl_config import EvalConfig, ParallelConfig
-    from megatron_fork.trainer.rl_loop import run_rl
+    from megatron_fork.rl.rl_config import EvalConfig
+    from megatron_fork.rl.rl_loop import run_rl
+    from megatron_fork.trainer.trainer_config import ParallelConfig
 
     config = rl_config(base_model, out, steps=1)
     run_rl(dataclasses.replace(config, parallel=ParallelConfig(**TP2), eval=EvalConfig(every=0)))
@@ -26,7 +27,7 @@ def _train_worker(rank, world, base_model, out):
 def _logprob_worker(rank, world, base_model, checkpoint, result):
     from megatron_fork.trainer.actor import build_actor, init_parallel
     from megatron_fork.trainer.checkpoint import load_checkpoint
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
     from tests.support.megatron_logits import trainer_logprob_entropy
 
     parallel = ParallelConfig(**TP2)
@@ -70,7 +71,7 @@ def _actor_weights_worker(rank, world, base_model, converted):
     from megatron_fork.models.hf_mapping import iter_hf_weights
     from megatron_fork.trainer.actor import build_actor, init_parallel
     from megatron_fork.trainer.checkpoint import hf_metadata_dir
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
 
     parallel = ParallelConfig(pipeline_parallel=2, vocab_multiple=16)
     init_parallel(parallel, seed=rank)

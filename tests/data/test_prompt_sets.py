@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from megatron_fork.data.prompt_sets import DataConfig, load_prompt_sets
-from megatron_fork.trainer.controller import data_metrics
+from megatron_fork.rl.controller import data_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

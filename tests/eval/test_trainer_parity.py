@@ -8,7 +8,7 @@ import dataclasses
 import json
 
 from megatron_fork.eval.runner import evaluate
-from megatron_fork.trainer.rl_config import EvalConfig
+from megatron_fork.rl.rl_config import EvalConfig
 from tests.eval.support import by_seed, sample_lines, tiny_settings, write_prompt_file
 from tests.support.distributed import run_distributed
 from tests.support.tiny_run import DATA, rl_config
@@ -17,8 +17,8 @@ PROMPTS, K = 300, 2
 
 
 def _trainer_eval_worker(rank, world, base_model, prompt_file, out_dir, result_path):
+    from megatron_fork.rl.controller import Controller
     from megatron_fork.trainer.actor import build_actor, init_parallel
-    from megatron_fork.trainer.controller import Controller
     from megatron_fork.trainer.weight_sync import sync_weights
 
     config = rl_config(

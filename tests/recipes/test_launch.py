@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from megatron_fork.trainer.metrics_log import read_metrics
+from megatron_fork.rl.metrics_log import read_metrics
 from recipes.registry import build_recipe
 from tests.recipes.sbatch_support import MOUNTS, SLURM_ARGS, groups, sruns
 

@@ -36,7 +36,7 @@ def _servers_worker(rank, world, model_dir):
     from megatron_fork.rollout.server_engine import ServerRolloutEngine
     from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
     from megatron_fork.trainer.actor import build_actor
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
     from megatron_fork.trainer.weight_sync import for_each_bucket_on_rank0
     from tests.support.megatron_setup import init_megatron
 
@@ -80,7 +80,7 @@ def test_servers_match_the_trainer_after_every_sync(tmp_path):
 
 def _streaming_worker(rank, world, model_dir):
     from megatron_fork.trainer.actor import build_actor
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
     from megatron_fork.trainer.weight_sync import for_each_bucket_on_rank0
     from tests.support.megatron_setup import init_megatron
 

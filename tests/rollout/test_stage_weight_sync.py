@@ -119,7 +119,7 @@ def _pp2_worker(rank, world, model_dir, protocol):
     from megatron_fork.rollout.server_kinds import SERVERS
     from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
     from megatron_fork.trainer.actor import build_actor
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
     from megatron_fork.trainer.weight_sync import WeightSync, WeightSyncError
     from tests.support.megatron_setup import init_megatron
 
@@ -210,7 +210,7 @@ def _fp8_worker(rank, world, model_dir):
     from megatron_fork.rollout.server_engine import ServerRolloutEngine
     from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
     from megatron_fork.trainer.actor import build_actor
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
     from megatron_fork.trainer.weight_sync import WeightSync
     from tests.support.megatron_setup import init_megatron
 

@@ -7,14 +7,9 @@ from pathlib import Path
 
 from megatron_fork.data.prompt_sets import DataConfig
 from megatron_fork.rewards.config import MathRewardConfig
-from megatron_fork.trainer.rl_config import (
-    EvalConfig,
-    OptimizerSettings,
-    ParallelConfig,
-    RLConfig,
-    RolloutConfig,
-)
-from megatron_fork.trainer.warm_start import TinyQwen3Size, WarmStartConfig
+from megatron_fork.rl.rl_config import EvalConfig, RLConfig, RolloutConfig
+from megatron_fork.rl.warm_start import TinyQwen3Size, WarmStartConfig
+from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
 
 MAX_NEW_TOKENS = 16
 DATA = DataConfig(synthetic_terms=2, synthetic_heldout=20)

@@ -2,7 +2,7 @@
 the RL loop does not support ``rollout.placement=colocated`` (read at run time), and runs the
 recipe with the engines the job starts itself (no kit engine URL)."""
 
-from megatron_fork.trainer import rl_loop
+from megatron_fork.rl import rl_loop
 from tools.gpu_checks import colocated_check, registry
 from tools.gpu_checks.core import SKIPPED, CheckContext
 

@@ -59,7 +59,7 @@ def test_the_layout_rule_follows_the_built_recipes():
 
 @pytest.mark.parametrize("name", QWEN3)
 def test_the_kit_overrides_build_each_recipe_as_intended(name, tmp_path):
-    from megatron_fork.trainer.train_batch import check_batch_layout
+    from megatron_fork.rl.train_batch import check_batch_layout
     from recipes.train import with_engines_of_this_job
     from tools.gpu_checks.qwen3_check import trainer_overrides
 

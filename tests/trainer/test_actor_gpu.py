@@ -20,7 +20,7 @@ def _one_process_worker(rank, world):
 
     from megatron_fork.models.gpt import GPTShape, build_gpt_model
     from megatron_fork.trainer.actor import init_parallel
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
 
     dist.destroy_process_group()  # the helper's gloo group: start as a plain script would
     os.environ.pop("RANK", None)

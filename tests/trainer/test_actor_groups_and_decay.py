@@ -21,7 +21,7 @@ def _groups_worker(rank, world):
     from megatron.core import parallel_state as ps
 
     from megatron_fork.trainer.actor import init_parallel
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
 
     init_parallel(ParallelConfig(tensor_parallel=2, collective_timeout_minutes=7), seed=0)
     groups = {
@@ -43,7 +43,7 @@ def test_megatron_groups_get_the_collective_timeout():
 
 def _decay_worker(rank, world, model_dir):
     from megatron_fork.trainer.actor import build_actor, init_parallel, optimizer_step, zero_grads
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
+    from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
 
     init_parallel(ParallelConfig(), seed=0)
     lr, decay = 0.1, 0.5

@@ -11,7 +11,7 @@ from megatron_fork.trainer.megatron_options import (
     optimizer_precision,
     transformer_options,
 )
-from megatron_fork.trainer.rl_config import ParallelConfig, PrecisionConfig
+from megatron_fork.trainer.trainer_config import ParallelConfig, PrecisionConfig
 from tests.support.distributed import run_distributed
 from tests.support.megatron_setup import init_megatron
 from tests.support.tiny_qwen3 import tiny_qwen3_config
@@ -168,7 +168,7 @@ def test_selective_recompute_takes_the_listed_modules():
 def test_rows_meet_megatron_and_te_divisibility_rules_at_every_length(tp, cp, sp, fp8_recipe):
     """Megatron: a CP split needs s % (2 CP) == 0, sequence parallelism (s / CP) % TP == 0; TE:
     an FP8 GEMM's local rows (s / CP, / TP with SP) divide by 16 (128 for blockwise tiles)."""
-    from megatron_fork.trainer.train_batch import row_length, row_multiple
+    from megatron_fork.rl.train_batch import row_length, row_multiple
 
     parallel = ParallelConfig(tensor_parallel=tp, context_parallel=cp, sequence_parallel=sp)
     fp8 = {"fp8": "e4m3", "fp8_recipe": fp8_recipe} if fp8_recipe else {}

@@ -29,7 +29,7 @@ def _gpu_worker(rank, world):
     from megatron_fork.models.gpt import GPTShape, build_gpt_model
     from megatron_fork.trainer.actor import device, init_parallel
     from megatron_fork.trainer.parallel_groups import LossGroups
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
     from tests.support.megatron_setup import wrap_ddp
     from tests.trainer.test_packed_training_parity import VOCAB, check_packed_against_padded
 

@@ -43,9 +43,9 @@ def _samples(seed: int) -> list[Sample]:
 
 
 def _layout(samples, packing: bool, dp_size: int, cp_size: int, multiple: int):
+    from megatron_fork.rl.step_layout import packed_step_layout, padded_step_layout
+    from megatron_fork.rl.train_batch import row_length
     from megatron_fork.trainer.packing import packing_layout
-    from megatron_fork.trainer.step_layout import packed_step_layout, padded_step_layout
-    from megatron_fork.trainer.train_batch import row_length
 
     positions = [len(s.prompt_ids) + len(s.output_ids) - 1 for s in samples]
     trainable = [i != 5 for i in range(len(samples))]  # one filler sample
@@ -106,17 +106,17 @@ def _train_once(ddp_model, samples, packing, cfg, groups, device=CPU):
     from megatron.core import parallel_state as ps
     from megatron.core.utils import get_model_config
 
+    from megatron_fork.rl.rollout_scatter import (
+        RolloutToScatter,
+        ScatterGroups,
+        scatter_rollout,
+    )
+    from megatron_fork.rl.train_batch import row_multiple, slice_mini_batches
     from megatron_fork.trainer.actor_step import (
         forward_backward_step,
         old_logprob_pass,
         prepare_step,
     )
-    from megatron_fork.trainer.rollout_scatter import (
-        RolloutToScatter,
-        ScatterGroups,
-        scatter_rollout,
-    )
-    from megatron_fork.trainer.train_batch import row_multiple, slice_mini_batches
 
     multiple = row_multiple(get_model_config(ddp_model))
     layout = _layout(samples, packing, groups.dp_size, groups.cp_size, multiple)

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from megatron_fork.rl.train_batch import layout_row_multiple
 from megatron_fork.trainer.packing import (
     EMPTY_MICROBATCH,
     PackingLayout,
@@ -22,7 +23,6 @@ from megatron_fork.trainer.packing import (
     plan_stats,
     sample_costs,
 )
-from megatron_fork.trainer.train_batch import layout_row_multiple
 
 
 def test_layout_from_row_multiple():

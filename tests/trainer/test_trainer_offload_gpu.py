@@ -1,4 +1,4 @@
-"""TrainerOffload on one CUDA GPU, as the colocated loop drives it (``trainer/colocation.py``:
+"""TrainerOffload on one CUDA GPU, as the colocated loop drives it (``rl/colocation.py``:
 ``sync`` = offload_for_sync, the weight sync, offload_for_rollout; ``after_rollout`` = restore),
 two cycles (the second reuses Megatron's pinned host copy of the param buffer). A tiny Qwen3 in
 bf16 with fp32 main params and Adam, built by ``build_actor`` as the recipes run it (FP8 aside),
@@ -179,7 +179,11 @@ def _offload_worker(rank, world, model_dir, policy, distributed_optimizer, with_
     import torch.distributed as dist
 
     from megatron_fork.trainer.actor import build_actor, build_reference_model, init_parallel
-    from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig, PrecisionConfig
+    from megatron_fork.trainer.trainer_config import (
+        OptimizerSettings,
+        ParallelConfig,
+        PrecisionConfig,
+    )
     from megatron_fork.trainer.trainer_offload import TrainerOffload
 
     dist.destroy_process_group()  # the helper's gloo group: start as the trainer does (NCCL)

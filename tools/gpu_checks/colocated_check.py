@@ -3,7 +3,7 @@ engines and trainer sharing the GPUs, through the real entry points:
 
 1. the RL loop must support ``rollout.placement=colocated`` (engines release their memory while
    the trainer trains and resume it before the weight sync: issue 18, points 1-2); until it
-   says so (``megatron_fork.trainer.rl_loop.SUPPORTED_PLACEMENTS`` naming "colocated", read
+   says so (``megatron_fork.rl.rl_loop.SUPPORTED_PLACEMENTS`` naming "colocated", read
    at run time) the check SKIPS with that reason instead of failing on a missing feature;
 2. a random Hugging Face Qwen3 at Qwen3-8B's widths (2 layers, 16k vocab: ``kit_model``);
 3. the CPU conversion at the recipe's TP4 (``checkpoints_convert``, as ``qwen3_check``);
@@ -33,13 +33,13 @@ _ENGINES_ARE_OURS = ("rollout.server_urls", "rollout.server_tp_size", "rollout.m
 def colocation_support() -> str | None:
     """None if the RL loop runs colocated steps, else why not (read at run time: the loop's
     release/resume is being built beside this check)."""
-    from megatron_fork.trainer import rl_loop
+    from megatron_fork.rl import rl_loop
 
     placements = getattr(rl_loop, "SUPPORTED_PLACEMENTS", ("disaggregated",))
     if "colocated" in placements:
         return None
     return (
-        "the RL loop does not release/resume engines yet (megatron_fork.trainer.rl_loop."
+        "the RL loop does not release/resume engines yet (megatron_fork.rl.rl_loop."
         f"SUPPORTED_PLACEMENTS={tuple(placements)!r} lacks 'colocated'; issue 18 points 1-2)"
     )
 

@@ -16,7 +16,7 @@ def one_process_megatron() -> None:
     import torch.distributed as dist
 
     from megatron_fork.trainer.actor import init_parallel
-    from megatron_fork.trainer.rl_config import ParallelConfig
+    from megatron_fork.trainer.trainer_config import ParallelConfig
 
     os.environ.pop("RANK", None)  # our own group, never a launcher's
     if not dist.is_initialized():

@@ -16,6 +16,7 @@ sees the same samples whichever layout trains them.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from megatron_fork.rl.rl_config import RLConfig
 from megatron_fork.trainer.packing import (
     PackingLayout,
     overlong_samples,
@@ -24,7 +25,6 @@ from megatron_fork.trainer.packing import (
     plan_stats,
     round_up,
 )
-from megatron_fork.trainer.rl_config import RLConfig
 
 
 @dataclass(frozen=True)

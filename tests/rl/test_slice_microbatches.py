@@ -4,16 +4,16 @@ decides (which samples train where, filler samples left out of packing)."""
 import pytest
 import torch
 
-from megatron_fork.rollout.types import FinishReason, Sample
-from megatron_fork.trainer.packing import cp_token_indices, packing_layout
-from megatron_fork.trainer.rollout_scatter import RolloutToScatter, ScatterGroups, scatter_rollout
-from megatron_fork.trainer.slice_microbatches import packed_microbatch, padded_microbatch
-from megatron_fork.trainer.step_layout import (
+from megatron_fork.rl.rollout_scatter import RolloutToScatter, ScatterGroups, scatter_rollout
+from megatron_fork.rl.slice_microbatches import packed_microbatch, padded_microbatch
+from megatron_fork.rl.step_layout import (
     StepLayout,
     layout_metrics,
     packed_step_layout,
     padded_step_layout,
 )
+from megatron_fork.rollout.types import FinishReason, Sample
+from megatron_fork.trainer.packing import cp_token_indices, packing_layout
 from megatron_fork.trainer.step_tokens import microbatch_rows
 
 PAD = 0

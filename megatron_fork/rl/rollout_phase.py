@@ -20,9 +20,9 @@ import torch
 from megatron_fork.data.prompt_stream import PromptStream
 from megatron_fork.data.types import PromptExample
 from megatron_fork.rewards.types import SampleStatus
+from megatron_fork.rl.advantages import AdvantageConfig, group_advantages
+from megatron_fork.rl.dynamic_sampling import DynamicSamplingConfig, fill_batch
 from megatron_fork.rollout.types import GenerationRequest, Sample, SamplingParams
-from megatron_fork.trainer.advantages import AdvantageConfig, group_advantages
-from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig, fill_batch
 
 ID_WIDTHS = (8, 4, 6, 4)
 """Digits of an id's (step | 0, round | eval chunk, prompt slot, response) fields."""

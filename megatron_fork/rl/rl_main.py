@@ -1,7 +1,7 @@
 """Command line of an RL run, for one process or torchrun/Slurm (one process per GPU):
 
-    python -m megatron_fork.trainer.rl_main --config run_config.json [--set loss.rho=0.5 ...]
-    torchrun --nproc-per-node 2 -m megatron_fork.trainer.rl_main --config ... \\
+    python -m megatron_fork.rl.rl_main --config run_config.json [--set loss.rho=0.5 ...]
+    torchrun --nproc-per-node 2 -m megatron_fork.rl.rl_main --config ... \\
         --set parallel.tensor_parallel=2
 
 ``--config`` is an ``RLConfig`` as JSON (a recipe's output, or a run's own
@@ -16,8 +16,8 @@ from pathlib import Path
 
 def load_config(path: str | Path, overrides: list[str]):
     """The ``RLConfig`` of a JSON file, with overrides."""
-    from megatron_fork.trainer.overrides import apply_overrides, config_from_dict
-    from megatron_fork.trainer.rl_config import RLConfig
+    from megatron_fork.rl.overrides import apply_overrides, config_from_dict
+    from megatron_fork.rl.rl_config import RLConfig
 
     path = Path(path)
     try:
@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     # Megatron-Core announces its Apex/TE fallbacks on import: expected on CPU, silenced first.
     warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
-    from megatron_fork.trainer.rl_loop import run_rl
+    from megatron_fork.rl.rl_loop import run_rl
 
     run_rl(load_config(args.config, args.set))
 

@@ -30,8 +30,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_fork.parallel.groups import group_rank, group_size
+from megatron_fork.rl.step_layout import StepLayout
 from megatron_fork.rollout.types import Sample
-from megatron_fork.trainer.step_layout import StepLayout
 
 HEADER = (
     "magic",

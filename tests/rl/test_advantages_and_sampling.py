@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from megatron_fork.trainer.advantages import AdvantageConfig, group_advantages, token_advantages
-from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig, fill_batch
+from megatron_fork.rl.advantages import AdvantageConfig, group_advantages, token_advantages
+from megatron_fork.rl.dynamic_sampling import DynamicSamplingConfig, fill_batch
 
 
 def test_group_advantages_hand_worked():

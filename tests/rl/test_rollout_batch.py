@@ -4,9 +4,9 @@ itself (teacher-forced log-probs at the valid positions are the engine's sample 
 import pytest
 import torch
 
+from megatron_fork.rl.rollout_batch import samples_to_microbatches
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import FinishReason, GenerationRequest, Sample, SamplingParams
-from megatron_fork.trainer.rollout_batch import samples_to_microbatches
 from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 

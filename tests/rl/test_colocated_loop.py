@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from megatron_fork.rl.colocation import wake_engines_left_released
+from megatron_fork.rl.metrics_log import read_metrics
+from megatron_fork.rl.overrides import apply_overrides
 from megatron_fork.rollout.http_client import ServerError
 from megatron_fork.rollout.released_memory import PARTS, EngineMemory, ReleasedRecord
 from megatron_fork.rollout.server_kinds import SERVERS
 from megatron_fork.rollout.server_pool import ServerPool, cpu_server_command
-from megatron_fork.trainer.colocation import wake_engines_left_released
-from megatron_fork.trainer.metrics_log import read_metrics
-from megatron_fork.trainer.overrides import apply_overrides
 from tests.support.distributed import run_distributed
 from tests.support.tiny_run import comparable, rl_config, write_config
 
@@ -46,8 +46,8 @@ EVENTS = {  # (path prefix, tags) -> event
 
 def _journal_worker(rank, world, config, journal_path):
     """The run, with every call to a server recorded (server, path, tags) in order."""
+    from megatron_fork.rl import rl_loop
     from megatron_fork.rollout import http_client
-    from megatron_fork.trainer import rl_loop
 
     calls, original, build = [], http_client.ServerClient.call, rl_loop.build_actor
 
@@ -103,7 +103,7 @@ def reference(base_model, tmp_path_factory):
 
 def _run(config, tmp_path, name):
     path = write_config(config, tmp_path / f"{name}.json")
-    command = [sys.executable, "-m", "megatron_fork.trainer.rl_main", "--config", str(path)]
+    command = [sys.executable, "-m", "megatron_fork.rl.rl_main", "--config", str(path)]
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -158,7 +158,7 @@ def _kill_after_checkpoint(config_path, run_dir, record: ReleasedRecord):
     record shows none in doubt while the run is stopped): a kill inside one leaves its engine
     in doubt, which a restart refuses to guess (its own test, ``test_colocated_servers``)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "megatron_fork.trainer.rl_main", "--config", str(config_path)],
+        [sys.executable, "-m", "megatron_fork.rl.rl_main", "--config", str(config_path)],
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:

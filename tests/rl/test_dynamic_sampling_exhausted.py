@@ -5,12 +5,12 @@ the error reaching every rank from rank 0's rollout."""
 import pytest
 import torch
 
-from megatron_fork.trainer.dynamic_sampling import (
+from megatron_fork.rl.dynamic_sampling import (
     DynamicSamplingConfig,
     DynamicSamplingExhausted,
     fill_batch,
 )
-from megatron_fork.trainer.rollout_scatter import ScatterGroups, scatter_rollout
+from megatron_fork.rl.rollout_scatter import ScatterGroups, scatter_rollout
 from tests.support.distributed import run_distributed
 from tests.support.megatron_setup import init_megatron
 

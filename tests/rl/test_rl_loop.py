@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from megatron_fork.trainer.metrics_log import read_metrics
+from megatron_fork.rl.metrics_log import read_metrics
 from tests.support.distributed import run_distributed
 from tests.support.tiny_run import comparable, rl_config, write_config
 
@@ -27,7 +27,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def _command(config_path, nproc: int = 1) -> list[str]:
-    module = ["-m", "megatron_fork.trainer.rl_main", "--config", str(config_path)]
+    module = ["-m", "megatron_fork.rl.rl_main", "--config", str(config_path)]
     if nproc == 1:
         return [sys.executable, *module]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -118,7 +118,7 @@ LAYOUT_DEPENDENT = {
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_torchrun_layouts_match_the_single_process_run(base_model, reference, tmp_path, layout):
-    from megatron_fork.trainer.overrides import apply_overrides
+    from megatron_fork.rl.overrides import apply_overrides
 
     config = apply_overrides(rl_config(base_model, tmp_path / "run", 1), layout.split())
     got = _run(config, tmp_path, "run", nproc=2)
@@ -167,7 +167,7 @@ def test_warm_start_saves_a_hugging_face_base_model_that_learned(base_model):
 def test_other_loss_options_run_through_the_loop(base_model, tmp_path):
     """The public code's variant (per-micro-batch threshold, selected-token mean) with the KL
     term (a frozen reference model's pass) and the random control."""
-    from megatron_fork.trainer.overrides import apply_overrides
+    from megatron_fork.rl.overrides import apply_overrides
 
     config = apply_overrides(
         rl_config(base_model, tmp_path / "run", 2),
@@ -189,8 +189,8 @@ def test_other_loss_options_run_through_the_loop(base_model, tmp_path):
 
 
 def _bad_data_worker(rank, world, base_model, out_dir):
-    from megatron_fork.trainer.overrides import apply_overrides
-    from megatron_fork.trainer.rl_loop import run_rl
+    from megatron_fork.rl.overrides import apply_overrides
+    from megatron_fork.rl.rl_loop import run_rl
 
     config = apply_overrides(
         rl_config(base_model, out_dir, 1), ["data.eval='/nonexistent/aime.jsonl'"]
@@ -213,7 +213,7 @@ def test_server_engine_reproduces_the_in_process_run(base_model, reference, tmp_
     sglang's HTTP protocol, or vLLM's (``rollout.backend``), and fed weights over a gloo
     broadcast, give the in-process engine's run (same seeds, so the same samples; top_p = 1,
     so vLLM's processed log-probs are the trainer's)."""
-    from megatron_fork.trainer.overrides import apply_overrides
+    from megatron_fork.rl.overrides import apply_overrides
 
     changes = ["rollout.engine='server'", "rollout.servers=2", f"rollout.backend='{backend}'"]
     config = apply_overrides(rl_config(base_model, tmp_path / "run", 2), changes)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from megatron_fork.trainer import run_lock
-from megatron_fork.trainer.run_lock import LOCK_FILE, RunLock, RunLockedError, RunOwner
+from megatron_fork.rl import run_lock
+from megatron_fork.rl.run_lock import LOCK_FILE, RunLock, RunLockedError, RunOwner
 from tests.support.distributed import run_distributed
 
 
@@ -73,7 +73,7 @@ def test_heartbeat_refreshes_the_lock(tmp_path, monkeypatch):
 
 
 def _locked_run_worker(rank, world, base_model, out):
-    from megatron_fork.trainer.rl_loop import run_rl
+    from megatron_fork.rl.rl_loop import run_rl
     from tests.support.tiny_run import rl_config
 
     with pytest.raises((RunLockedError, RuntimeError), match="Slurm job 777"):

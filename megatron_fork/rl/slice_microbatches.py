@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from megatron.core.packed_seq_params import PackedSeqParams
 
+from megatron_fork.rl.rollout_scatter import RolloutSlice
 from megatron_fork.trainer.packing import PackingLayout, pack_microbatch
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch
-from megatron_fork.trainer.rollout_scatter import RolloutSlice
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ from megatron.core.utils import get_model_config
 
 from megatron_fork.forking.config import ForkingLossConfig
 from megatron_fork.parallel.groups import all_reduce_
+from megatron_fork.rl.rollout_scatter import RolloutSlice
+from megatron_fork.rl.slice_microbatches import packed_microbatch, padded_microbatch
+from megatron_fork.rl.step_metrics import combine_microbatch_metrics
 from megatron_fork.rollout.types import Sample
 from megatron_fork.trainer.actor import Actor, device, optimizer_step, zero_grads
 from megatron_fork.trainer.actor_step import (
@@ -22,9 +25,6 @@ from megatron_fork.trainer.actor_step import (
 from megatron_fork.trainer.packing import packing_layout
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import PolicyMicroBatch, moved_to
-from megatron_fork.trainer.rollout_scatter import RolloutSlice
-from megatron_fork.trainer.slice_microbatches import packed_microbatch, padded_microbatch
-from megatron_fork.trainer.step_metrics import combine_microbatch_metrics
 
 SEQ_LEN_MULTIPLE = 8
 

@@ -1,7 +1,7 @@
 """The metrics log: cut back to the checkpoint's step on resume, fresh when the run restarts
 before its first checkpoint, torn last lines ignored."""
 
-from megatron_fork.trainer.metrics_log import MetricsLog, read_metrics
+from megatron_fork.rl.metrics_log import MetricsLog, read_metrics
 
 
 def _log_steps(tmp_path, steps, resume_step):

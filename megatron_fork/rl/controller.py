@@ -11,6 +11,14 @@ from megatron_fork.data.prompt_sets import load_prompt_sets
 from megatron_fork.data.prompt_stream import PromptStream
 from megatron_fork.data.tokenizer import load_tokenizer, special_token_ids
 from megatron_fork.rewards.scorer import MathRewardScorer
+from megatron_fork.rl.metrics_log import MetricsLog
+from megatron_fork.rl.rl_config import RLConfig
+from megatron_fork.rl.rollout_phase import (
+    GroupSampler,
+    RolloutBatch,
+    collect_rollout_batch,
+    evaluate_avg_at_k,
+)
 from megatron_fork.rollout.fp8 import BLOCK as FP8_BLOCK
 from megatron_fork.rollout.server_engine import ServerRolloutEngine
 from megatron_fork.rollout.server_kinds import API_KEY_VARIABLES, SERVERS
@@ -22,14 +30,6 @@ from megatron_fork.rollout.server_pool import (
 from megatron_fork.rollout.torch_engine import TorchRolloutEngine
 from megatron_fork.rollout.types import SamplingParams
 from megatron_fork.trainer.checkpoint import hf_metadata_dir
-from megatron_fork.trainer.metrics_log import MetricsLog
-from megatron_fork.trainer.rl_config import RLConfig
-from megatron_fork.trainer.rollout_phase import (
-    GroupSampler,
-    RolloutBatch,
-    collect_rollout_batch,
-    evaluate_avg_at_k,
-)
 
 
 def rollout_sampling(config: RLConfig) -> SamplingParams:

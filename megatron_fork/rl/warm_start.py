@@ -23,6 +23,7 @@ from megatron_fork.data.tokenizer import (
     special_token_ids,
 )
 from megatron_fork.models.hf_directory import save_hf_model
+from megatron_fork.rl.train_batch import row_length
 from megatron_fork.trainer.actor import (
     build_actor,
     device,
@@ -33,9 +34,8 @@ from megatron_fork.trainer.actor import (
 )
 from megatron_fork.trainer.parallel_groups import LossGroups
 from megatron_fork.trainer.policy_batch import moved_to
-from megatron_fork.trainer.rl_config import OptimizerSettings, ParallelConfig
 from megatron_fork.trainer.sft_step import sft_forward_backward_step, sft_microbatch
-from megatron_fork.trainer.train_batch import row_length
+from megatron_fork.trainer.trainer_config import OptimizerSettings, ParallelConfig
 from megatron_fork.trainer.weight_sync import for_each_bucket_on_rank0
 
 

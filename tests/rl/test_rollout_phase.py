@@ -11,16 +11,16 @@ from megatron_fork.data.prompt_stream import PromptStream
 from megatron_fork.data.tokenizer import build_and_save, load_tokenizer, special_token_ids
 from megatron_fork.rewards.config import MathRewardConfig
 from megatron_fork.rewards.scorer import MathRewardScorer
-from megatron_fork.rollout.torch_engine import TorchRolloutEngine
-from megatron_fork.rollout.types import SamplingParams
-from megatron_fork.trainer.advantages import AdvantageConfig
-from megatron_fork.trainer.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingExhausted
-from megatron_fork.trainer.rollout_phase import (
+from megatron_fork.rl.advantages import AdvantageConfig
+from megatron_fork.rl.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingExhausted
+from megatron_fork.rl.rollout_phase import (
     GroupSampler,
     collect_rollout_batch,
     evaluate_avg_at_k,
     request_id,
 )
+from megatron_fork.rollout.torch_engine import TorchRolloutEngine
+from megatron_fork.rollout.types import SamplingParams
 from tests.support.tiny_qwen3 import tiny_qwen3_model
 
 SAMPLING = SamplingParams(max_new_tokens=6)

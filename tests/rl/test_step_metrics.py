@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from megatron_fork.trainer.step_metrics import combine_microbatch_metrics
+from megatron_fork.rl.step_metrics import combine_microbatch_metrics
 
 
 def mb(valid, selected, entropy, clip_low, loss):

@@ -4,10 +4,10 @@ the reason and the way out, instead of regenerating the same rounds."""
 
 import pytest
 
-from megatron_fork.trainer.dynamic_sampling import DynamicSamplingExhausted
-from megatron_fork.trainer.rl_loop import _start_lock
-from megatron_fork.trainer.run_lock import LOCK_FILE
-from megatron_fork.trainer.run_stop import STOP_FILE, RunStoppedError, record_stop
+from megatron_fork.rl.dynamic_sampling import DynamicSamplingExhausted
+from megatron_fork.rl.rl_loop import _start_lock
+from megatron_fork.rl.run_lock import LOCK_FILE
+from megatron_fork.rl.run_stop import STOP_FILE, RunStoppedError, record_stop
 
 
 def test_a_stopped_run_refuses_to_start_again_until_the_marker_goes(tmp_path):

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 from megatron_fork.data.prompt_sets import load_prompt_sets
-from megatron_fork.trainer.metrics_log import read_metrics
-from megatron_fork.trainer.overrides import apply_overrides
+from megatron_fork.rl.metrics_log import read_metrics
+from megatron_fork.rl.overrides import apply_overrides
 from tests.support.tiny_run import DATA, rl_config, write_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -40,7 +40,7 @@ def test_rounds_that_repeat_prompts_run_through_servers(base_model, tmp_path):
         "rollout.prompts_per_round=6",  # 3 prompts: every prompt twice in every round
     ]
     config = apply_overrides(rl_config(base_model, tmp_path / "run", 2), changes)
-    command = [sys.executable, "-m", "megatron_fork.trainer.rl_main", "--config"]
+    command = [sys.executable, "-m", "megatron_fork.rl.rl_main", "--config"]
     done = subprocess.run(
         [*command, str(write_config(config, tmp_path / "run.json"))],
         env=ENV, capture_output=True, text=True, timeout=300,

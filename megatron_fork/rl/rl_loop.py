@@ -18,6 +18,26 @@ from megatron.core.utils import get_model_config
 
 from megatron_fork.atomic_files import write_text_atomically
 from megatron_fork.parallel.rank0 import from_rank0, is_rank0, made_on_rank0
+from megatron_fork.rl.colocation import (
+    Colocation,
+    Disaggregated,
+    is_colocated,
+    trainer_state,
+    wake_engines_left_released,
+)
+from megatron_fork.rl.controller import Controller
+from megatron_fork.rl.dynamic_sampling import DynamicSamplingExhausted
+from megatron_fork.rl.progress import StepProgress
+from megatron_fork.rl.rl_config import RLConfig
+from megatron_fork.rl.rollout_scatter import RolloutToScatter, ScatterGroups, scatter_rollout
+from megatron_fork.rl.run_lock import RunLock
+from megatron_fork.rl.run_stop import record_stop, refuse_if_stopped
+from megatron_fork.rl.step_layout import layout_metrics, rl_step_layout
+from megatron_fork.rl.train_batch import (
+    check_batch_layout,
+    row_multiple,
+    train_on_slice,
+)
 from megatron_fork.trainer.actor import (
     build_actor,
     build_reference_model,
@@ -35,33 +55,13 @@ from megatron_fork.trainer.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from megatron_fork.trainer.colocation import (
-    Colocation,
-    Disaggregated,
-    is_colocated,
-    trainer_state,
-    wake_engines_left_released,
-)
-from megatron_fork.trainer.controller import Controller
-from megatron_fork.trainer.dynamic_sampling import DynamicSamplingExhausted
 from megatron_fork.trainer.packing import attention_weight
 from megatron_fork.trainer.parallel_groups import LossGroups
-from megatron_fork.trainer.progress import StepProgress
-from megatron_fork.trainer.rl_config import RLConfig
-from megatron_fork.trainer.rollout_scatter import RolloutToScatter, ScatterGroups, scatter_rollout
-from megatron_fork.trainer.run_lock import RunLock
-from megatron_fork.trainer.run_stop import record_stop, refuse_if_stopped
-from megatron_fork.trainer.step_layout import layout_metrics, rl_step_layout
-from megatron_fork.trainer.train_batch import (
-    check_batch_layout,
-    row_multiple,
-    train_on_slice,
-)
 from megatron_fork.trainer.weight_sync import WeightSync
 
 RUN_CONFIG_FILE = "run_config.json"
 SUPPORTED_PLACEMENTS = ("disaggregated", "colocated")
-"""``rollout.placement`` values the loop runs (``trainer/colocation.py``; the bring-up kit's
+"""``rollout.placement`` values the loop runs (``rl/colocation.py``; the bring-up kit's
 colocation check reads this)."""
 
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from megatron_fork.trainer.overrides import apply_overrides, config_from_dict
-from megatron_fork.trainer.rl_config import RLConfig
+from megatron_fork.rl.overrides import apply_overrides, config_from_dict
+from megatron_fork.rl.rl_config import RLConfig
 
 
 def base() -> RLConfig:

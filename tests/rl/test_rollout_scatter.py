@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from megatron_fork.rollout.types import FinishReason, Sample
-from megatron_fork.trainer.rollout_scatter import (
+from megatron_fork.rl.rollout_scatter import (
     HEADER,
     RolloutToScatter,
     ScatterGroups,
     scatter_rollout,
 )
-from megatron_fork.trainer.step_layout import StepLayout
+from megatron_fork.rl.step_layout import StepLayout
+from megatron_fork.rollout.types import FinishReason, Sample
 from tests.support.distributed import run_distributed
 from tests.support.megatron_setup import init_megatron
 
