@@ -157,10 +157,6 @@ class ServerClient:
         paused (``finish_sync`` continues it)."""
         self.resume_memory_occupation(list(RESUME_TAGS[part]))
 
-    def released(self) -> bool | None:
-        """Whether the server's memory is released: sglang 0.5.15 reports it nowhere (None)."""
-        return None
-
     def update_weights_from_tensor(self, update: UpdateWeightsFromTensor) -> dict:
         """Colocated engines (GPU): payloads of CUDA IPC handles, one per engine TP rank."""
         return self._succeeded("/update_weights_from_tensor", update.body())

@@ -98,6 +98,13 @@ def move_memory(memory: EngineMemory, parts: set[str], call, released: bool, sav
     save()
 
 
+def resume_released(memory: EngineMemory, client, save, parts=PARTS) -> None:
+    """Each of ``parts`` that ``memory`` holds released back on ``client``'s engine, in
+    ``PARTS`` order, one ``move_memory`` each."""
+    for part in [p for p in PARTS if p in parts and p in memory.released]:
+        move_memory(memory, {part}, partial(client.resume_memory, part), False, save)
+
+
 def wake_released(record: ReleasedRecord, clients: list) -> None:
     """Resume, on each engine at ``clients``' URLs that reports no release of its own (sglang),
     the parts the record says a killed trainer left released, and continue its generation; each
@@ -111,10 +118,7 @@ def wake_released(record: ReleasedRecord, clients: list) -> None:
     ]
     _refuse_unsure(record, engines, silent)
     for client in silent:
-        memory = engines[client.url]
-        for part in [p for p in PARTS if p in memory.released]:
-            resume = partial(client.resume_memory, part)
-            move_memory(memory, {part}, resume, False, lambda: record.write(engines))
+        resume_released(engines[client.url], client, lambda: record.write(engines))
         client.resume()
     record.write({})
 

@@ -25,12 +25,16 @@ server here): requests spread over the servers; the controller's side of a weigh
 
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import torch
 
 from megatron_fork.rollout.http_client import ServerError
-from megatron_fork.rollout.released_memory import PARTS, EngineMemory, move_memory
+from megatron_fork.rollout.released_memory import (
+    PARTS,
+    EngineMemory,
+    move_memory,
+    resume_released,
+)
 from megatron_fork.rollout.server_kinds import SERVERS
 from megatron_fork.rollout.server_sync import on_every_server
 from megatron_fork.rollout.stage_sender import StageSender, SyncPlan
@@ -265,9 +269,7 @@ class ServerRolloutEngine:
             try:
                 if memory.in_doubt:
                     raise ServerError(client.url, f"{sorted(memory.in_doubt)} in doubt")
-                for part in [p for p in PARTS if p in memory.released]:
-                    resume = partial(client.resume_memory, part)
-                    move_memory(memory, {part}, resume, False, self._record)
+                resume_released(memory, client, self._record)
                 move_memory(memory, set(PARTS), client.release_memory, True, self._record)
             except ServerError as error:
                 self._state[i] = DOWN
@@ -286,8 +288,7 @@ class ServerRolloutEngine:
             if part not in self._memory[i].released:
                 continue  # a pool's down engines were stopped: nothing released
             try:
-                resume = partial(client.resume_memory, part)
-                move_memory(self._memory[i], {part}, resume, False, self._record)
+                resume_released(self._memory[i], client, self._record, parts=(part,))
             except ServerError:
                 self._state[i] = DOWN
                 lost.append(i)
@@ -333,12 +334,14 @@ class ServerRolloutEngine:
                 if self.pool is None:
                     raise
                 failed.append(i)
+        if not failed:
+            return False
         for i in failed:
             self._state[i] = DOWN
         self._restart_down_servers()
         for i in failed:
             self.clients[i].prepare_for_update()
-        return bool(failed)
+        return True
 
     def _restart_down_servers(self) -> bool:
         down = [i for i, state in enumerate(self._state) if state == DOWN]

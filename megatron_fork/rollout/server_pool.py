@@ -180,11 +180,11 @@ def wait_until_healthy(
 
 def _ready(client: ServerClient, timeout_s: float) -> bool:
     """Healthy now (a vLLM engine left asleep by a killed colocated trainer is woken, all of
-    it: ``/is_sleeping``, then ``/wake_up``; sglang reports no release, ``released`` None:
+    it: ``/is_sleeping``, then ``/wake_up``; sglang reports no release, ``reports_release``:
     the loop wakes it from its record, ``released_memory.py``); else resumed when it is up
     but paused (checked again at the next poll)."""
     if client.healthy(timeout_s):
-        if client.released():
+        if client.reports_release and client.released():
             client.wake_up()
         return True
     if client.answers(timeout_s):
